@@ -1,0 +1,1 @@
+"""Reads finished search results: rank trials, retrain and test the best configuration."""

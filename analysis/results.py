@@ -1,0 +1,110 @@
+"""Read a finished (or interrupted) search's results folder into one table of trials.
+
+Works offline, with no Ray cluster: Tune's `ExperimentAnalysis` reads the trial folders, and
+`search.json` (written by the search) says which metric, mode and knobs the search used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+SEARCH_FILE = "search.json"
+TRIALS_FILE = "trials.csv"
+
+
+class ResultsError(ValueError):
+    """The folder is not a search's results folder; the message says what was expected."""
+
+
+def read_search_info(results_dir: str | Path) -> dict:
+    p = Path(results_dir) / SEARCH_FILE
+    if not p.is_file():
+        raise ResultsError(f"{results_dir}: not a results folder (no {SEARCH_FILE}); give the folder "
+                           f"`python -m search.run` printed at the end, e.g. results/finetune")
+    return json.loads(p.read_text())
+
+
+def _error_reason(trial) -> str:
+    path = Path(trial.path) / "error.txt"  # trial.error_file needs a live Ray session
+    if not path.is_file():
+        return "error (no traceback file)"
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "error"
+
+
+def trials_table(results_dir: str | Path) -> pd.DataFrame:
+    """One row per trial: id, status, epochs run, best objective and its epoch and checkpoint, knobs."""
+    from ray import tune
+
+    results_dir = Path(results_dir).resolve()
+    info = read_search_info(results_dir)
+    metric, mode = info["metric"], info["mode"]
+    try:
+        ea = tune.ExperimentAnalysis(str(results_dir), default_metric=metric, default_mode=mode)
+    except Exception as e:  # no experiment state yet: the search never started a trial
+        raise ResultsError(f"{results_dir}: no Tune experiment found ({type(e).__name__}: {e})") from None
+    frames = ea.trial_dataframes
+    rows = []
+    for t in ea.trials:
+        df = frames.get(t.trial_id)
+        row = {"trial_id": t.trial_id}
+        knobs = {k: v for k, v in t.config.items() if k != "run"}
+        if df is None or df.empty or metric not in df:
+            row.update(status="error" if t.status == "ERROR" else "no results", epochs_run=0)
+        else:
+            df = df.sort_values("epoch")
+            best_i = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+            epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
+            if t.status == "ERROR":
+                status = "error"
+            else:
+                status = "stopped" if epochs < planned else "completed"
+            row.update(
+                status=status, epochs_run=epochs, epochs_planned=planned,
+                **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
+                checkpoint=df.loc[best_i].get("checkpoint_path", ""),
+            )
+        row["error"] = _error_reason(t) if t.status == "ERROR" else ""
+        row.update(knobs)
+        row["trial_dir"] = t.path
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("trial_id").reset_index(drop=True)
+
+
+def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """Trials ranked best first by their best objective; trials without results go last."""
+    col = f"best_{info['metric']}"
+    if col not in table:
+        return table
+    return table.sort_values(col, ascending=info["mode"] == "min", na_position="last").reset_index(drop=True)
+
+
+def write_trials_csv(results_dir: str | Path) -> tuple[pd.DataFrame, Path]:
+    table = trials_table(results_dir)
+    out = Path(results_dir) / TRIALS_FILE
+    table.to_csv(out, index=False)
+    return table, out
+
+
+def best_trial(results_dir: str | Path) -> pd.Series:
+    info = read_search_info(results_dir)
+    board = leaderboard(trials_table(results_dir), info)
+    col = f"best_{info['metric']}"
+    if board.empty or col not in board or board[col].isna().all():
+        raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
+    return board.iloc[0]
+
+
+def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
+    metric = info["metric"]
+    knobs = [k for k in info["knobs"] if k in board]
+    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch"] + knobs
+    cols = [c for c in cols if c in board]
+    shown = board[cols].head(top).copy()
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        return shown.to_string(index=False)

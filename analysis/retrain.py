@@ -1,0 +1,76 @@
+"""`python -m analysis.retrain RESULTS_DIR`: retrain the best configuration on train+val, test it once.
+
+The search chose the configuration on the validation split; the retrain adds the validation
+images to training, for as many epochs as the best trial needed to reach its best score, and
+then the held-out test split, which no trial ever loaded, is evaluated exactly once. A second
+call prints the stored result instead of testing again (`--again` overrides, knowingly).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from analysis import results
+
+TEST_FILE = "test_metrics.json"
+
+
+def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path | None = None) -> dict:
+    from trainables import checkpoint, data
+    from trainables.train_loop import LocalSession, evaluate, fit
+
+    results_dir = Path(results_dir).resolve()
+    best = results.best_trial(results_dir)
+    config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
+    config["epochs"] = int(epochs or best["best_epoch"])
+    out = Path(out) if out else results_dir / "retrained"
+    model_dir = out / "model"
+    started = time.time()
+    print(f"retraining trial {best['trial_id']} on train+val for {config['epochs']} epoch(s): "
+          + " ".join(f"{k}={v}" for k, v in config.items() if k != "run"), flush=True)
+    fit(config, LocalSession(checkpoint_dir=model_dir), train_splits=("train", "val"), val_split=None)
+
+    model, meta = checkpoint.load(model_dir)
+    run = config["run"]
+    test_items = data.read_split(run["split_file"], ("test",))
+    x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"])
+    test = evaluate(model, meta, x, y, prefix="test_")
+    report = {
+        "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
+        f"search_best_{results.read_search_info(results_dir)['metric']}": float(best.filter(like="best_val").iloc[0]),
+        "test_images": len(test_items), **test, "model_dir": str(model_dir),
+        "retrain_seconds": round(time.time() - started, 1),
+    }
+    (out / TEST_FILE).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__.splitlines()[0])
+    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
+    p.add_argument("--epochs", type=int, help="epochs to retrain (default: the best trial's best epoch)")
+    p.add_argument("--out", help="where the model and test result go (default: RESULTS_DIR/retrained)")
+    p.add_argument("--again", action="store_true", help="retrain and test again even if a test result exists")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.results_dir) / "retrained"
+    try:
+        results.read_search_info(args.results_dir)
+        if (out / TEST_FILE).exists() and not args.again:
+            report = json.loads((out / TEST_FILE).read_text())
+            print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
+        else:
+            report = retrain(args.results_dir, args.epochs, out)
+    except results.ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"test accuracy {report['test_acc']:.4f} on {report['test_images']} held-out images "
+          f"(macro F1 {report['test_macro_f1']:.4f}, worst-class recall {report['test_min_recall']:.4f})")
+    print(f"model: {report['model_dir']}\nresult: {out / TEST_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

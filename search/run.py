@@ -1,0 +1,183 @@
+"""`python -m search.run SPACE.yaml`: validate the space, split the data once, run the search.
+
+Everything that can be wrong with the input is checked before Ray starts, and reported as one
+line on stderr with exit code 2. The results folder gets, besides Ray's own trial folders,
+the resolved space, the split, a data summary and `trials.csv`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from search import space as space_mod
+from trainables import data
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    p.add_argument("space", help="YAML search space, e.g. spaces/finetune.yaml")
+    p.add_argument("--data", help="image folder (class subfolders, or train/ val/ test/) instead of data.source")
+    p.add_argument("--storage", default="results", help="where results go: a folder or URI (default: results/)")
+    p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
+    p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: start one here")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's and the workers' own logs")
+    return p.parse_args(argv)
+
+
+def _abs_storage(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def prepare(args) -> tuple:
+    """Validate the space and prepare the data. Raises SpaceError/DataError/ModelError, nothing started."""
+    overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+    spec = space_mod.load(args.space, overrides)
+    name = args.name or spec.name or Path(args.space).stem
+    d = spec.data
+    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir)
+    return spec, name, index
+
+
+def print_data_summary(summ: dict) -> None:
+    c = summ["counts"]
+    print(f"data: {summ['root']} — {summ['images']} images, {len(summ['classes'])} classes"
+          f"{' (pre-split)' if summ['presplit'] else ''}, imbalance ratio {summ['imbalance_ratio']}")
+    print("  split sizes: " + ", ".join(f"{s} {sum(c[s].values())}" for s in data.SPLITS))
+    dup = summ["duplicates"]
+    if dup["duplicate_groups"]:
+        print(f"  {dup['duplicate_images']} byte-identical images in {dup['duplicate_groups']} groups, "
+              f"{dup['groups_across_splits']} groups across splits (each group is kept in one split)")
+    if summ["skipped_non_images"]:
+        print(f"  skipped {len(summ['skipped_non_images'])} non-image files, e.g. {summ['skipped_non_images'][:3]}")
+
+
+def write_inputs(exp_dir: Path, spec, index, name: str) -> dict:
+    """Save what the search used, before it starts: resolved space, split, data summary, search info."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "space.yaml").write_text(space_mod.describe(spec))
+    data.save_split(index, exp_dir / "split.csv")
+    summ = data.summary(index)
+    (exp_dir / "data.json").write_text(json.dumps(summ, indent=2))
+    info = {
+        "name": name, "metric": spec.search.metric, "mode": spec.search.mode,
+        "knobs": [k for k, kb in spec.knobs.items() if kb.kind != "const"],
+        "data_root": str(index.root), "split_file": str(exp_dir / "split.csv"), "class_names": index.classes,
+        "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
+    }
+    from analysis.results import SEARCH_FILE
+
+    (exp_dir / SEARCH_FILE).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def start_ray(address: str | None, verbose: bool):
+    """Join a cluster, or start a local one whose trial drivers hold tokens, not CPUs."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no banner; progress is ours
+    import ray
+
+    from search.tuner import DRIVER_TOKEN
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
+        ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs)
+    return True
+
+
+def run_search(args, spec, name: str, index) -> Path:
+    """Run the Tuner on an already validated space and prepared data; return the results folder."""
+    import ray
+
+    from analysis import results
+    from search import tuner as tuner_mod
+    from search.progress import ProgressPrinter
+
+    storage = _abs_storage(args.storage)
+    exp_dir = Path(storage) / name
+    if (exp_dir / results.SEARCH_FILE).exists() and any(exp_dir.glob("experiment_state-*.json")):
+        raise space_mod.SpaceError(f"{exp_dir} already holds a search; pick another --name, or delete that folder")
+    info = write_inputs(exp_dir, spec, index, name)
+    cluster = ray.cluster_resources()
+    demand = tuner_mod.trial_demand(spec)
+    short = {k: (v, cluster.get(k, 0)) for k, v in demand.items() if cluster.get(k, 0) < v}
+    if short:
+        need = ", ".join(f"{v:g} {k} per trial but the cluster has {have:g}" for k, (v, have) in short.items())
+        raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
+    if cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
+        raise space_mod.SpaceError(f"the Ray cluster has no '{tuner_mod.DRIVER_TOKEN}' resource for trial drivers; "
+                                   f"start its head with --resources='{{\"{tuner_mod.DRIVER_TOKEN}\": 8}}'")
+    n = tuner_mod.concurrency(spec, cluster)
+    context = {
+        "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
+        "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
+        "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
+        **spec.resources.model_dump(),
+    }
+    print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+          f"{spec.search.num_samples} trials, up to {n} at a time, each {demand}; "
+          f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
+          f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
+    print(f"results: {exp_dir}", flush=True)
+    progress = ProgressPrinter(spec.search.metric, spec.search.num_samples)
+    tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=[progress])
+    started = time.time()
+    tuner.fit()
+    table, csv_path = results.write_trials_csv(exp_dir)
+    board = results.leaderboard(table, info)
+    print(f"\nsearch finished in {time.time() - started:.0f}s: "
+          + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
+    print(results.format_board(board, info, top=5))
+    print(f"\nresults: {exp_dir}\n  trials: {csv_path}\n"
+          f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}")
+    return exp_dir
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from trainables.models import ModelError
+
+    try:
+        spec, name, index = prepare(args)
+    except (space_mod.SpaceError, data.DataError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print_data_summary(data.summary(index))
+    if args.dry_run:
+        print("\nresolved space:\n" + space_mod.describe(spec))
+        return 0
+    owns_ray = start_ray(args.address, args.verbose)
+    try:
+        exp_dir = run_search(args, spec, name, index)
+    except space_mod.SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    from analysis.results import trials_table
+
+    table = trials_table(exp_dir)
+    if not table.empty and (table["status"] == "error").all():
+        print(f"error: every trial failed; most common reason: {table['error'].mode().iloc[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

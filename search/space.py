@@ -1,0 +1,333 @@
+"""Load a YAML search space once into typed objects, and fail fast with one clear line.
+
+A space file has five sections (see spaces/README.md): `data`, `search`, `resources`,
+`checkpoint` and `space`. Under `space:` each key is a knob of `trainables.params.TrialParams`
+and its value is either a constant or one search entry:
+
+    lr:         {float: [1.0e-4, 1.0e-1], log: true}
+    batch_size: {choice: [32, 64, 128]}
+    cnn_blocks: {int: [2, 4], when: {model: cnn}}     # sampled only when model == cnn
+
+Every error names the file, the key path, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from trainables.params import KNOBS, TrialParams
+
+METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
+
+
+class SpaceError(ValueError):
+    """A problem with a space file; str() is the one line shown to the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class DataSpec(_Strict):
+    source: str = Field("animal-mnist", description="image folder, or 'animal-mnist' (embedded)")
+    split: SplitSpec = SplitSpec()
+    limit_per_class: Optional[int] = Field(None, ge=3)
+    cache_dir: Optional[str] = None
+
+
+class SchedulerSpec(_Strict):
+    max_t: Optional[int] = Field(None, ge=1, description="ASHA's last rung in epochs; default: the largest `epochs`")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+
+
+class SearchSpec(_Strict):
+    metric: Literal["val_acc", "val_macro_f1", "val_min_recall", "val_loss"] = "val_acc"
+    mode: Optional[Literal["max", "min"]] = None
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: Union[int, Literal["auto"]] = "auto"
+    time_budget_s: Optional[float] = Field(None, gt=0)
+    seed: int = 0
+    startup_trials: Optional[int] = Field(None, ge=1, description="random trials before TPE takes over")
+    max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its last checkpoint")
+    scheduler: SchedulerSpec = SchedulerSpec()
+    points_to_evaluate: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _mode_matches_metric(self):
+        want = METRICS[self.metric]
+        if self.mode is None:
+            self.mode = want
+        elif self.mode != want:
+            raise ValueError(f"metric {self.metric} is optimised with mode {want!r}, not {self.mode!r}")
+        if isinstance(self.max_concurrent_trials, int) and self.max_concurrent_trials < 1:
+            raise ValueError("max_concurrent_trials must be 'auto' or >= 1")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0, description="fractions share a GPU, e.g. 0.25")
+
+
+class CheckpointSpec(_Strict):
+    keep: int = Field(2, ge=1, description="best checkpoints kept per trial, by the objective")
+
+
+class Knob(_Strict):
+    """One `space:` entry after parsing: a constant, or a distribution Optuna samples."""
+
+    kind: Literal["const", "choice", "int", "float"]
+    value: Any = None
+    choices: list[Any] = []
+    low: float = 0
+    high: float = 0
+    log: bool = False
+    step: Optional[float] = None
+    when: dict[str, list[Any]] = {}
+
+    def values(self) -> list[Any]:
+        """Every value this knob can take that is checkable up front (bounds for ranges)."""
+        return {"const": [self.value], "choice": self.choices}.get(self.kind, [self.low, self.high])
+
+
+class SpaceFile(_Strict):
+    name: Optional[str] = None
+    data: DataSpec = DataSpec()
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    space: dict[str, Any] = {}
+
+    # filled by load(): the parsed knobs, in file order
+    knobs: dict[str, Knob] = {}
+
+    def max_epochs(self) -> int:
+        k = self.knobs.get("epochs")
+        return int(max(k.values())) if k else self.search.scheduler.max_t or TrialParams().epochs
+
+
+_DIST_KEYS = {"choice", "int", "float"}
+_ENTRY_KEYS = _DIST_KEYS | {"log", "step", "when"}
+
+
+def _allowed_at(loc: tuple) -> list[str]:
+    """Field names allowed at a pydantic error location (for did-you-mean)."""
+    model: Any = SpaceFile
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(getattr(model, "model_fields", {})) if model else []
+
+
+def _did_you_mean(word: str, allowed) -> str:
+    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _fail(path: Path, key: str, msg: str) -> SpaceError:
+    return SpaceError(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
+
+
+def _format(path: Path, err: ValidationError) -> SpaceError:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(x) for x in loc)
+    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    if e["type"] == "extra_forbidden":
+        allowed = [a for a in _allowed_at(loc[:-1]) if a != "knobs"]
+        return _fail(path, key, f"unknown key; {_did_you_mean(loc[-1], allowed)}allowed: {', '.join(allowed)}{more}")
+    got = e.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return _fail(path, key, f"{e['msg']}{shown}{more}")
+
+
+def _parse_knob(path: Path, name: str, raw: Any) -> Knob:
+    key = f"space.{name}"
+    if not isinstance(raw, dict):
+        return Knob(kind="const", value=raw)
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise _fail(path, f"{key}.{bad}", f"unknown key; {_did_you_mean(bad, _ENTRY_KEYS)}a search entry is one of "
+                                          "{choice: [...]}, {int: [lo, hi]}, {float: [lo, hi]}, with optional log, step, when")
+    kinds = _DIST_KEYS & set(raw)
+    if len(kinds) != 1:
+        raise _fail(path, key, "a search entry needs exactly one of choice, int, float; a constant is written bare")
+    kind = kinds.pop()
+    spec = raw[kind]
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        raise _fail(path, f"{key}.when", f"must map earlier knobs to a value or list of values, got {when!r}")
+    when = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
+    if kind == "choice":
+        if not isinstance(spec, list) or not spec:
+            raise _fail(path, f"{key}.choice", f"must be a non-empty list of values, got {spec!r}")
+        if set(raw) & {"log", "step"}:
+            raise _fail(path, key, "log and step apply to int and float ranges, not to choice")
+        return Knob(kind="choice", choices=spec, when=when)
+    if not (isinstance(spec, list) and len(spec) == 2):
+        raise _fail(path, f"{key}.{kind}", f"must be a range [low, high], got {spec!r}")
+    try:
+        caster = int if kind == "int" else float
+        low, high = (caster(TypeAdapter(float).validate_python(v)) for v in spec)
+        step = TypeAdapter(Optional[float]).validate_python(raw.get("step"))
+    except (ValidationError, ValueError):
+        raise _fail(path, f"{key}.{kind}", f"bounds must be numbers, got {spec!r}") from None
+    if low >= high:
+        raise _fail(path, f"{key}.{kind}", f"range [{spec[0]}, {spec[1]}] is {'empty' if low == high else 'inverted'}: "
+                                           "need low < high (write a constant for a single value)")
+    log = bool(raw.get("log", False))
+    if log and low <= 0:
+        raise _fail(path, f"{key}.{kind}", f"log scale needs low > 0, got {spec[0]}")
+    if log and step:
+        raise _fail(path, key, "log and step cannot be combined")
+    return Knob(kind=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _check_knob(path: Path, name: str, knob: Knob, earlier: list[str]) -> Knob:
+    """Validate each value a knob can take against TrialParams, storing the converted values."""
+    key = f"space.{name}"
+    if name not in KNOBS:
+        raise _fail(path, key, f"unknown knob; {_did_you_mean(name, KNOBS)}knobs: {', '.join(KNOBS)}")
+    for dep in knob.when:
+        if dep not in earlier:
+            raise _fail(path, f"{key}.when.{dep}", f"'when' must name a knob listed above {name!r} in the space; "
+                                                   f"earlier knobs: {earlier or 'none'}")
+    adapter = TypeAdapter(TrialParams.model_fields[name].annotation)
+
+    def conv(v):
+        try:
+            TrialParams.model_validate({name: v})
+            out = adapter.validate_python(v)
+        except ValidationError as err:
+            raise _fail(path, key, f"{err.errors()[0]['msg']} (got {v!r})") from None
+        if name == "model":
+            from trainables.models import ModelError, check_name
+
+            try:
+                check_name(out)
+            except ModelError as me:
+                raise _fail(path, key, str(me)) from None
+        return out
+
+    if knob.kind == "const":
+        knob.value = conv(knob.value)
+    elif knob.kind == "choice":
+        knob.choices = [conv(v) for v in knob.choices]
+    else:
+        conv(int(knob.low) if knob.kind == "int" else knob.low)
+        conv(int(knob.high) if knob.kind == "int" else knob.high)
+    return knob
+
+
+def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
+    """`--set a.b=value`: the value is parsed as YAML, so numbers, lists and mappings work."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SpaceError(f"--set {item!r}: expected KEY=VALUE, e.g. --set search.num_samples=4")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpaceError(f"--set {key}: {p!r} is not a section in {path}")
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SpaceError(f"{path}: space file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpaceError(f"{path}: YAML syntax error at {where}{getattr(e, 'problem', None) or e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: a space file must be a mapping of sections (data, search, resources, checkpoint, "
+                         f"space), got {type(raw).__name__}")
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> SpaceFile:
+    """Read, override, validate. Raises SpaceError with one line naming file, key and what is allowed."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), list(overrides), path)
+    if "knobs" in raw:
+        raise _fail(path, "knobs", f"unknown key; allowed: {', '.join(a for a in SpaceFile.model_fields if a != 'knobs')}")
+    try:
+        spec = SpaceFile.model_validate(raw)
+    except ValidationError as err:
+        raise _format(path, err) from None
+    if not isinstance(raw.get("space", {}), dict):
+        raise _fail(path, "space", "must be a mapping of knob: constant or search entry")
+    earlier: list[str] = []
+    for name, value in spec.space.items():
+        spec.knobs[name] = _check_knob(path, name, _parse_knob(path, name, value), earlier)
+        earlier.append(name)
+    _check_consistency(path, spec)
+    return spec
+
+
+def _check_consistency(path: Path, spec: SpaceFile) -> None:
+    k = spec.knobs
+    max_t = spec.search.scheduler.max_t
+    if "epochs" in k and max_t is not None and spec.max_epochs() > max_t:
+        raise _fail(path, "space.epochs", f"can reach {spec.max_epochs()} but search.scheduler.max_t is {max_t}; "
+                                          "raise max_t or lower epochs")
+    if spec.search.scheduler.grace_period > spec.max_epochs():
+        raise _fail(path, "search.scheduler.grace_period",
+                    f"{spec.search.scheduler.grace_period} is more than the {spec.max_epochs()} epochs a trial runs")
+    models_ = k["model"].values() if "model" in k else ["cnn"]
+    pre = k.get("pretrained")
+    if pre is not None and "cnn" in models_ and any(v is not False for v in pre.values()):
+        conds = pre.when.get("model")
+        if conds is None or "cnn" in conds:
+            raise _fail(path, "space.pretrained", "model 'cnn' has no pretrained weights; give pretrained "
+                                                  "`when: {model: [<timm models>]}` or drop cnn from model")
+    for i, point in enumerate(spec.search.points_to_evaluate):
+        for name, v in point.items():
+            if name not in k or k[name].kind == "const":
+                raise _fail(path, f"search.points_to_evaluate[{i}].{name}",
+                            f"not a searched knob; searched: {[n for n, kb in k.items() if kb.kind != 'const']}")
+            try:
+                TrialParams.model_validate({name: v})
+                point[name] = TypeAdapter(TrialParams.model_fields[name].annotation).validate_python(v)
+            except ValidationError as err:
+                raise _fail(path, f"search.points_to_evaluate[{i}].{name}",
+                            f"{err.errors()[0]['msg']} (got {v!r})") from None
+
+
+def describe(spec: SpaceFile) -> str:
+    """The resolved space as YAML, for --dry-run and the results folder."""
+    body = spec.model_dump(exclude={"knobs"}, mode="json")
+    return yaml.safe_dump(body, sort_keys=False)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small real image folders, and the embedded set in a per-session cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """The embedded set is materialized once per test session, outside the user's cache."""
+    os.environ["HPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def animal_root():
+    from trainables.data import resolve_source
+
+    return resolve_source("animal-mnist")
+
+
+def make_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+    """Class subfolders of distinct random PNGs (each class has its own mean brightness)."""
+    rng = np.random.default_rng(seed)
+    for ci, (cls, n) in enumerate(classes.items()):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8) + np.uint8(60 * ci % 190)
+            Image.fromarray(arr).save(root / cls / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "imgs", {"a": 20, "b": 20, "c": 20})
+
+
+def write_space(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,63 @@
+"""A model on disk: a plain `state_dict` plus a JSON of what rebuilds it.
+
+No pickled objects: weights load with `torch.load(..., weights_only=True)` and everything
+else (architecture, classes, image size, normalisation) is readable JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables import models
+
+WEIGHTS, META, TRAIN_STATE = "model.pt", "meta.json", "train_state.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def save(directory: str | Path, model: nn.Module, meta: dict, train_state: dict | None = None) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(unwrap(model).state_dict(), d / WEIGHTS)
+    (d / META).write_text(json.dumps(meta, indent=2, default=str))
+    if train_state is not None:
+        torch.save(train_state, d / TRAIN_STATE)
+
+
+def read_meta(directory: str | Path) -> dict:
+    return json.loads((Path(directory) / META).read_text())
+
+
+def load(directory: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model from its JSON (no pretrained download) and load its weights, in eval mode."""
+    d = Path(directory)
+    meta = read_meta(d)
+    params = dict(meta["params"], pretrained=False)
+    model = models.build(params, meta["num_classes"])
+    model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
+    return model.eval(), meta
+
+
+def load_train_state(directory: str | Path) -> dict | None:
+    p = Path(directory) / TRAIN_STATE
+    return torch.load(p, map_location="cpu", weights_only=True) if p.exists() else None
+
+
+def normalize(x_uint8: torch.Tensor, meta: dict) -> torch.Tensor:
+    """uint8 N×3×S×S → float input normalised the way the model was trained."""
+    mean = torch.tensor(meta["mean"], device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], device=x_uint8.device).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+@torch.no_grad()
+def predict(model: nn.Module, meta: dict, x_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities for uint8 images already resized to meta['image_size']."""
+    model.eval()
+    out = [model(normalize(x_uint8[i:i + batch_size], meta)).softmax(-1) for i in range(0, len(x_uint8), batch_size)]
+    return torch.cat(out)

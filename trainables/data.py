@@ -1,0 +1,271 @@
+"""Image folders in, a saved split and decoded tensors out.
+
+Every data source, the embedded Animal-MNIST included, goes through the same path: a folder
+of class subfolders (or one already split into train/ val/ test/), scanned once, split once
+per search (stratified, seeded, duplicates kept inside one split), and saved as `split.csv`
+so that every trial, and the retrain, reads the very same files.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+EMBEDDED = {"animal-mnist"}
+_ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class DataError(ValueError):
+    """A data problem the user must fix; the message names the folder, class or file."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("HPO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hpo-finetune"
+    )
+    return Path(base)
+
+
+def resolve_source(source: str, cache_dir: str | Path | None = None) -> Path:
+    """Return an absolute image folder for `source`: a path, or the name of an embedded set."""
+    if source in EMBEDDED:
+        return materialize_animal_mnist(Path(cache_dir) if cache_dir else default_cache_dir())
+    root = Path(source).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"data folder {source!r} does not exist (give an image folder or one of {sorted(EMBEDDED)})")
+    return root
+
+
+def materialize_animal_mnist(cache_dir: Path) -> Path:
+    """Write the embedded arrays out once as PNG files, so they load like any user's folder.
+
+    The arrays ship as a compressed `.npz` (converted once from the `animal-mnist` wheel's
+    pickles; loaded here with allow_pickle=False). Written to a temporary folder then renamed,
+    so a crash halfway never leaves a partial data set that later runs would trust.
+    """
+    from PIL import Image
+
+    root = cache_dir / "animal-mnist-v1"
+    if (root / ".complete").exists():
+        return root
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with np.load(_ASSETS / "animal_mnist.npz", allow_pickle=False) as z:
+        images, labels, names = z["images"], z["labels"], [str(n) for n in z["class_names"]]
+    tmp = Path(tempfile.mkdtemp(prefix=".animal-mnist-", dir=cache_dir))
+    for name in names:
+        (tmp / name).mkdir()
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        Image.fromarray(img, mode="L").save(tmp / names[lab] / f"{i:05d}.png")
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(root)
+    except OSError:  # another process won the race; theirs is complete too
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+@dataclass
+class Item:
+    path: str  # relative to the data root, '/'-separated
+    label: str
+    split: str | None = None
+    sha1: str = ""
+
+
+@dataclass
+class DataIndex:
+    root: Path
+    classes: list[str]
+    items: list[Item]
+    presplit: bool
+    skipped: list[str] = field(default_factory=list)  # non-image files, relative paths
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        for it in self.items:
+            if it.split:
+                out[it.split][it.label] += 1
+        return out
+
+
+def _scan_classes(folder: Path, root: Path, skipped: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        for f in sorted(cls.rglob("*")):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            rel = f.relative_to(root).as_posix()
+            (files if f.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(rel)
+        found[cls.name] = files
+    return found
+
+
+def scan(root: Path) -> DataIndex:
+    """Index a folder of class subfolders, or a folder holding train/ val/ test/ class folders."""
+    skipped: list[str] = []
+    if all((root / s).is_dir() for s in SPLITS):
+        per_split = {s: _scan_classes(root / s, root, skipped) for s in SPLITS}
+        names = {s: set(per_split[s]) for s in SPLITS}
+        if not names["train"] == names["val"] == names["test"]:
+            diff = sorted((names["train"] | names["val"] | names["test"]) - (names["train"] & names["val"] & names["test"]))
+            raise DataError(f"{root}: train/ val/ test/ must hold the same class folders; these are not in all three: {diff}")
+        classes = sorted(names["train"])
+        items = [Item(p, c, s) for s in SPLITS for c in classes for p in per_split[s][c]]
+        presplit = True
+    else:
+        found = _scan_classes(root, root, skipped)
+        classes = sorted(found)
+        items = [Item(p, c) for c in classes for p in found[c]]
+        presplit = False
+    index = DataIndex(root, classes, items, presplit, skipped)
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one subfolder of images per class)")
+    empty = [c for c, n in Counter({c: 0 for c in classes} | Counter(i.label for i in items)).items() if n == 0]
+    if empty:
+        raise DataError(f"{root}: class folder(s) {empty} hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return index
+
+
+def _hash(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def limit_per_class(index: DataIndex, limit: int | None, seed: int) -> None:
+    """Keep a seeded random `limit` images per class (per split for a pre-split folder)."""
+    if not limit:
+        return
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple, list[Item]] = defaultdict(list)
+    for it in index.items:
+        groups[(it.split, it.label)].append(it)
+    kept = []
+    for key in sorted(groups, key=str):
+        g = groups[key]
+        idx = sorted(rng.permutation(len(g))[:limit])
+        kept += [g[i] for i in idx]
+    index.items = kept
+
+
+def split(index: DataIndex, fractions: dict[str, float], seed: int) -> None:
+    """Assign each image to train/val/test: stratified by class, seeded, duplicates kept together.
+
+    Images with identical bytes form one group that lands in a single split, so that no copy
+    of a test image is ever trained on. A pre-split folder keeps its own assignment.
+    """
+    for it in index.items:
+        it.sha1 = it.sha1 or _hash(index.root / it.path)
+    if index.presplit:
+        return
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
+    for it in index.items:
+        by_class[it.label][it.sha1].append(it)
+    for cls in index.classes:
+        groups = list(by_class[cls].values())
+        n = sum(len(g) for g in groups)
+        if len(groups) < len(SPLITS):
+            raise DataError(
+                f"{index.root}: class {cls!r} has {len(groups)} distinct image(s); the stratified split needs at least "
+                f"{len(SPLITS)} (one per train/val/test)"
+            )
+        want = {s: max(1, round(n * fractions[s])) for s in ("val", "test")}
+        order = rng.permutation(len(groups))
+        filled = {"val": 0, "test": 0}
+        for gi in order:
+            g = groups[gi]
+            target = next((s for s in ("test", "val") if filled[s] < want[s]), "train")
+            if target != "train":
+                filled[target] += len(g)
+            for it in g:
+                it.split = target
+    _check_no_leak(index)
+
+
+def _check_no_leak(index: DataIndex) -> None:
+    where: dict[str, set[str]] = defaultdict(set)
+    for it in index.items:
+        where[it.sha1].add(it.split)
+    leaks = [h for h, s in where.items() if len(s) > 1]
+    if leaks and not index.presplit:  # cannot happen by construction; guard against regressions
+        raise AssertionError(f"{len(leaks)} duplicate image(s) span several splits")
+
+
+def duplicate_report(index: DataIndex) -> dict[str, int]:
+    """How many images are byte-identical copies, and how many copies cross split borders."""
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for it in index.items:
+        groups[it.sha1].append(it)
+    dup = [g for g in groups.values() if len(g) > 1]
+    return {
+        "duplicate_groups": len(dup),
+        "duplicate_images": sum(len(g) for g in dup),
+        "groups_across_splits": sum(1 for g in dup if len({i.split for i in g}) > 1),
+        "groups_across_classes": sum(1 for g in dup if len({i.label for i in g}) > 1),
+    }
+
+
+def save_split(index: DataIndex, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "sha1"])
+        for it in index.items:
+            w.writerow([it.path, it.label, it.split, it.sha1])
+
+
+def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
+    """Rows of a saved split restricted to `splits` (a search trial asks for train and val only)."""
+    with open(path, newline="") as f:
+        return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in csv.DictReader(f) if r["split"] in splits]
+
+
+def load_images(root: str | Path, items: list[Item], classes: list[str], image_size: int):
+    """Decode and resize each image once into a uint8 tensor N×3×S×S, with int64 labels.
+
+    Decoding once per trial (not per epoch) keeps the CPU on the model, not on PIL.
+    """
+    import torch
+    from PIL import Image
+
+    root = Path(root)
+    lookup = {c: i for i, c in enumerate(classes)}
+    x = torch.empty((len(items), 3, image_size, image_size), dtype=torch.uint8)
+    for i, it in enumerate(items):
+        with Image.open(root / it.path) as im:
+            im = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            x[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
+    return x, y
+
+
+def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | None = None,
+            cache_dir: str | None = None) -> DataIndex:
+    """Resolve, scan, limit and split a data source: everything done once before a search."""
+    index = scan(resolve_source(source, cache_dir))
+    limit_per_class(index, limit, seed)
+    split(index, fractions, seed)
+    return index
+
+
+def summary(index: DataIndex) -> dict:
+    counts = index.counts()
+    totals = Counter(it.label for it in index.items)
+    return {
+        "root": str(index.root),
+        "presplit": index.presplit,
+        "classes": index.classes,
+        "images": len(index.items),
+        "counts": counts,
+        "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
+        "skipped_non_images": index.skipped,
+        "duplicates": duplicate_report(index),
+    }
