@@ -19,15 +19,14 @@ def knobs_of(config: dict) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, metric: str, num_samples: int, stream=None):
+    def __init__(self, metric: str, num_samples: int):
         self.metric = metric
         self.num_samples = num_samples
         self.start = time.time()
-        self.stream = stream or sys.stdout
         self.done = 0
 
     def _say(self, text: str) -> None:
-        print(f"[{time.time() - self.start:6.0f}s] {text}", file=self.stream, flush=True)
+        print(f"[{time.time() - self.start:6.0f}s] {text}", file=sys.stdout, flush=True)  # looked up each time: Tune pickles callbacks
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")
