@@ -6,6 +6,7 @@ Works offline, with no Ray cluster: Tune's `ExperimentAnalysis` reads the trial 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,12 +27,32 @@ def read_search_info(results_dir: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
-def _error_reason(trial) -> str:
+_EXC_LINE = re.compile(r"^(?:[\w]+\.)*(\w*(?:Error|Exception|Diverged|Interrupt)): (.*)$")
+_WRAPPERS = {"WorkerGroupError", "TrainingFailedError", "RayTaskError", "TuneError"}
+
+
+def classify_failure(text: str, config: dict) -> tuple[str, str]:
+    """(status, reason) of a failed trial from its traceback text: 'diverged' or 'error', and why."""
+    found = [m for m in map(_EXC_LINE.match, (ln.strip() for ln in text.splitlines())) if m]
+    diverged = [m for m in found if m.group(1) == "TrialDiverged"]
+    if diverged:
+        return "diverged", diverged[-1].group(2)
+    if re.search(r"OutOfMemoryError|CUDA out of memory|\bMemoryError\b", text):
+        return "error", (f"out of memory at batch_size={config.get('batch_size', '?')}, "
+                         f"image_size={config.get('image_size', '?')}: lower them or give trials more memory")
+    inner = [m for m in found if m.group(1) not in _WRAPPERS] or found
+    if not inner:
+        return "error", "unknown error (see the traceback file)"
+    return "error", f"{inner[-1].group(1)}: {inner[-1].group(2)}"[:300]
+
+
+def _failure(trial) -> tuple[str, str, str]:
+    """(status, reason, traceback path) of a trial Tune marked ERROR."""
     path = Path(trial.path) / "error.txt"  # trial.error_file needs a live Ray session
     if not path.is_file():
-        return "error (no traceback file)"
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "error"
+        return "error", "error (no traceback file)", ""
+    status, reason = classify_failure(path.read_text(errors="replace"), trial.config)
+    return status, reason, str(path)
 
 
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
@@ -51,22 +72,20 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
         df = frames.get(t.trial_id)
         row = {"trial_id": t.trial_id}
         knobs = {k: v for k, v in t.config.items() if k != "run"}
+        failed = _failure(t) if t.status == "ERROR" else None
         if df is None or df.empty or metric not in df:
-            row.update(status="error" if t.status == "ERROR" else "no results", epochs_run=0)
+            row.update(status=failed[0] if failed else "no results", epochs_run=0)
         else:
             df = df.sort_values("epoch")
             best_i = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
             epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
-            if t.status == "ERROR":
-                status = "error"
-            else:
-                status = "stopped" if epochs < planned else "completed"
+            status = failed[0] if failed else "stopped" if epochs < planned else "completed"
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
                 checkpoint=df.loc[best_i].get("checkpoint_path", ""),
             )
-        row["error"] = _error_reason(t) if t.status == "ERROR" else ""
+        row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")
         row.update(knobs)
         row["trial_dir"] = t.path
         rows.append(row)
@@ -107,4 +126,4 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        return shown.to_string(index=False)
+        return shown.to_string(index=False, na_rep="-")

@@ -5,6 +5,7 @@ new output engine, so progress is a `tune.Callback`.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -44,6 +45,13 @@ class ProgressPrinter(Callback):
         self._say(f"trial {trial.trial_id} {how} ({self.done}/{self.num_samples} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        from analysis.results import classify_failure
+
         self.done += 1
-        self._say(f"trial {trial.trial_id} FAILED ({self.done}/{self.num_samples} done); "
-                  f"the search goes on. Traceback: {trial.error_file or trial.path}")
+        path = trial.error_file
+        status, reason = "error", "see the traceback"
+        if path and os.path.isfile(path):
+            with open(path, errors="replace") as f:
+                status, reason = classify_failure(f.read(), trial.config)
+        self._say(f"trial {trial.trial_id} {'DIVERGED' if status == 'diverged' else 'FAILED'}: {reason} "
+                  f"({self.done}/{self.num_samples} done; the search goes on)")

@@ -48,16 +48,26 @@ def prepare(args) -> tuple:
 
 
 def print_data_summary(summ: dict) -> None:
+    """The data report: what was found, how it is split, and everything that was skipped or odd."""
     c = summ["counts"]
     print(f"data: {summ['root']} — {summ['images']} images, {len(summ['classes'])} classes"
           f"{' (pre-split)' if summ['presplit'] else ''}, imbalance ratio {summ['imbalance_ratio']}")
-    print("  split sizes: " + ", ".join(f"{s} {sum(c[s].values())}" for s in data.SPLITS))
+    width = max(len(k) for k in summ["classes"])
+    print(f"  {'class':<{width}}  " + "  ".join(f"{s:>5}" for s in data.SPLITS))
+    for k in summ["classes"]:
+        print(f"  {k:<{width}}  " + "  ".join(f"{c[s][k]:>5}" for s in data.SPLITS))
+    print(f"  {'total':<{width}}  " + "  ".join(f"{sum(c[s].values()):>5}" for s in data.SPLITS))
     dup = summ["duplicates"]
     if dup["duplicate_groups"]:
         print(f"  {dup['duplicate_images']} byte-identical images in {dup['duplicate_groups']} groups, "
               f"{dup['groups_across_splits']} groups across splits (each group is kept in one split)")
-    if summ["skipped_non_images"]:
-        print(f"  skipped {len(summ['skipped_non_images'])} non-image files, e.g. {summ['skipped_non_images'][:3]}")
+    if dup["groups_across_classes"]:
+        print(f"  warning: {dup['groups_across_classes']} identical images carry different labels, e.g. "
+              f"{dup['across_classes_examples'][:2]}")
+    for label, paths in (("non-image files", summ["skipped_non_images"]),
+                         ("unreadable images", [f"{u['path']} ({u['error'][:80]})" for u in summ["unreadable_images"]])):
+        if paths:
+            print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 
 
 def write_inputs(exp_dir: Path, spec, index, name: str) -> dict:
@@ -91,6 +101,10 @@ def start_ray(address: str | None, verbose: bool):
     if ray.is_initialized():
         return False
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
+    if not verbose:  # a failed trial's traceback goes to its error.txt; the console gets one line per trial
+        import logging
+
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if address:
         ray.init(address=address, **kwargs)
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
@@ -141,6 +155,11 @@ def run_search(args, spec, name: str, index) -> Path:
     print(f"\nsearch finished in {time.time() - started:.0f}s: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
     print(results.format_board(board, info, top=5))
+    failed = table[table["status"].isin(["error", "diverged"])]
+    if not failed.empty:
+        print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
+        for _, t in failed.iterrows():
+            print(f"  {t['trial_id']} {t['status']}: {t['error']}\n    traceback: {t['error_file']}")
     print(f"\nresults: {exp_dir}\n  trials: {csv_path}\n"
           f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}")
     return exp_dir

@@ -142,8 +142,17 @@ def _allowed_at(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {})) if model else []
 
 
+# names other tools use for our knobs, so that the hint finds them where spelling does not
+SYNONYMS = {"learning_rate": "lr", "bs": "batch_size", "img_size": "image_size", "input_size": "image_size",
+            "arch": "model", "backbone": "model", "architecture": "model", "num_epochs": "epochs",
+            "max_epochs": "epochs", "wd": "weight_decay", "freeze": "unfreeze", "trainable_layers": "unfreeze"}
+
+
 def _did_you_mean(word: str, allowed) -> str:
-    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.5)
+    allowed = list(allowed)
+    if SYNONYMS.get(str(word)) in allowed:
+        return f"did you mean {SYNONYMS[str(word)]!r}? "
+    close = difflib.get_close_matches(str(word), allowed, n=1, cutoff=0.5)
     return f"did you mean {close[0]!r}? " if close else ""
 
 
@@ -224,6 +233,8 @@ def _check_knob(path: Path, name: str, knob: Knob, earlier: list[str]) -> Knob:
             out = adapter.validate_python(v)
         except ValidationError as err:
             raise _fail(path, key, f"{err.errors()[0]['msg']} (got {v!r})") from None
+        if name == "pretrained" and isinstance(out, str) and not Path(out).expanduser().is_file():
+            raise _fail(path, key, f"weights file {out!r} does not exist; pretrained is true, false or a weights file")
         if name == "model":
             from trainables.models import ModelError, check_name
 
@@ -267,9 +278,11 @@ def read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpaceError(f"{path}: YAML syntax error at {where}{getattr(e, 'problem', None) or e}") from None
+        ctx, mark = getattr(e, "context_mark", None), getattr(e, "problem_mark", None)
+        at = ctx or mark
+        where = f"line {at.line + 1}, column {at.column + 1}" if at else "unknown position"
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise SpaceError(f"{path}: YAML syntax error at {where}: {what}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -314,6 +327,7 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
         if conds is None or "cnn" in conds:
             raise _fail(path, "space.pretrained", "model 'cnn' has no pretrained weights; give pretrained "
                                                   "`when: {model: [<timm models>]}` or drop cnn from model")
+    _check_applies(path, spec, models_)
     for i, point in enumerate(spec.search.points_to_evaluate):
         for name, v in point.items():
             if name not in k or k[name].kind == "const":
@@ -325,6 +339,30 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
             except ValidationError as err:
                 raise _fail(path, f"search.points_to_evaluate[{i}].{name}",
                             f"{err.errors()[0]['msg']} (got {v!r})") from None
+
+
+CNN_ONLY = ("cnn_blocks", "cnn_width")
+
+
+def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
+    """A knob set for a model it can never affect is a mistake; one searched where it sometimes
+    does not apply needs a `when:` so that TPE does not learn from values that changed nothing."""
+    k = spec.knobs
+    for name in CNN_ONLY:
+        if name not in k:
+            continue
+        if "cnn" not in models_:
+            raise _fail(path, f"space.{name}", f"applies to model 'cnn' only, but model can only be {models_}")
+        if k[name].kind != "const" and set(models_) != {"cnn"} and set(k[name].when.get("model", models_)) != {"cnn"}:
+            raise _fail(path, f"space.{name}", "is searched but applies to model 'cnn' only: add when: {model: cnn}")
+    if "unfreeze" in k:
+        pre = k["pretrained"].values() if "pretrained" in k else [False]
+        if all(v is False for v in pre):
+            raise _fail(path, "space.unfreeze", "applies to pretrained models only (with pretrained: false every "
+                                                "layer trains); set pretrained or drop unfreeze")
+        if k["unfreeze"].kind != "const" and False in pre and "pretrained" not in k["unfreeze"].when:
+            raise _fail(path, "space.unfreeze", "is searched but applies only when pretrained: add "
+                                                "when: {pretrained: true}")
 
 
 def describe(spec: SpaceFile) -> str:

@@ -25,6 +25,16 @@ def animal_root():
     return resolve_source("animal-mnist")
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs, dashboard on localhost), shared by the search tests."""
+    import ray
+
+    ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def make_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:
     """Class subfolders of distinct random PNGs (each class has its own mean brightness)."""
     rng = np.random.default_rng(seed)

@@ -70,7 +70,7 @@ def test_bad_folders_say_which_class(tmp_path):
     with pytest.raises(data.DataError, match="class 'b' has 2 distinct image"):
         split_of(tmp_path / "f")
     (tmp_path / "f" / "empty").mkdir()
-    with pytest.raises(data.DataError, match=r"\['empty'\] hold no images"):
+    with pytest.raises(data.DataError, match=r"\[.empty.\] hold no readable images"):
         split_of(tmp_path / "f")
 
 

@@ -20,20 +20,13 @@ from tests.conftest import ROOT
 
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _alive_train_workers() -> int:
     from ray.util.state import list_actors
 
     return sum(1 for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker")
 
 
-def test_search_rank_retrain(cluster, tmp_path, animal_root, capsys):
+def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
     smoke = ROOT / "spaces" / "smoke.yaml"
     args = [str(smoke), "--storage", str(tmp_path / "results"), "--name", "e2e", "--set", "checkpoint.keep=1"]
     assert run.main(args) == 0

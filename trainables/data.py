@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +90,7 @@ class DataIndex:
     items: list[Item]
     presplit: bool
     skipped: list[str] = field(default_factory=list)  # non-image files, relative paths
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
@@ -128,16 +131,44 @@ def scan(root: Path) -> DataIndex:
         items = [Item(p, c) for c in classes for p in found[c]]
         presplit = False
     index = DataIndex(root, classes, items, presplit, skipped)
+    _verify_and_hash(index)
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one subfolder of images per class)")
     empty = [c for c, n in Counter({c: 0 for c in classes} | Counter(i.label for i in items)).items() if n == 0]
     if empty:
-        raise DataError(f"{root}: class folder(s) {empty} hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        why = f"; {len(index.unreadable)} unreadable image(s) were skipped" if index.unreadable else ""
+        raise DataError(f"{root}: class folder(s) {empty} hold no readable images "
+                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}){why}")
     return index
 
 
-def _hash(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+def _check_one(path: Path) -> tuple[str, str | None]:
+    """Hash the file and decode it fully (at reduced scale where the format allows): (sha1, error)."""
+    from PIL import Image
+
+    raw = path.read_bytes()
+    digest = hashlib.sha1(raw).hexdigest()
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.draft("RGB", (64, 64))  # JPEG decodes at 1/2..1/8 scale: cheap even for huge photos
+            im.load()
+    except Exception as e:  # PIL raises many types for bad files; all mean "cannot use this image"
+        return digest, f"{type(e).__name__}: {e}"
+    return digest, None
+
+
+def _verify_and_hash(index: DataIndex) -> None:
+    """Drop (and list) images that do not decode, so no trial ever meets one mid-epoch."""
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        checked = list(pool.map(lambda it: _check_one(index.root / it.path), index.items))
+    good = []
+    for it, (digest, err) in zip(index.items, checked):
+        it.sha1 = digest
+        if err:
+            index.unreadable.append((it.path, err))
+        else:
+            good.append(it)
+    index.items = good
 
 
 def limit_per_class(index: DataIndex, limit: int | None, seed: int) -> None:
@@ -162,8 +193,6 @@ def split(index: DataIndex, fractions: dict[str, float], seed: int) -> None:
     Images with identical bytes form one group that lands in a single split, so that no copy
     of a test image is ever trained on. A pre-split folder keeps its own assignment.
     """
-    for it in index.items:
-        it.sha1 = it.sha1 or _hash(index.root / it.path)
     if index.presplit:
         return
     rng = np.random.default_rng(seed)
@@ -211,6 +240,7 @@ def duplicate_report(index: DataIndex) -> dict[str, int]:
         "duplicate_images": sum(len(g) for g in dup),
         "groups_across_splits": sum(1 for g in dup if len({i.split for i in g}) > 1),
         "groups_across_classes": sum(1 for g in dup if len({i.label for i in g}) > 1),
+        "across_classes_examples": [[i.path for i in g] for g in dup if len({i.label for i in g}) > 1][:10],
     }
 
 
@@ -234,17 +264,27 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
     Decoding once per trial (not per epoch) keeps the CPU on the model, not on PIL.
     """
     import torch
-    from PIL import Image
 
     root = Path(root)
     lookup = {c: i for i, c in enumerate(classes)}
     x = torch.empty((len(items), 3, image_size, image_size), dtype=torch.uint8)
     for i, it in enumerate(items):
-        with Image.open(root / it.path) as im:
-            im = im.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            x[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        x[i] = torch.from_numpy(np.asarray(open_rgb(root / it.path, image_size)).copy()).permute(2, 0, 1)
     y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
     return x, y
+
+
+def open_rgb(path: str | Path, size: int):
+    """Any image as a size×size RGB PIL image: grayscale, palette, CMYK converted; alpha laid on white."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # huge JPEGs decode at reduced scale, never at full size
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(canvas, im)
+        return im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
 def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | None = None,
@@ -267,5 +307,6 @@ def summary(index: DataIndex) -> dict:
         "counts": counts,
         "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
         "skipped_non_images": index.skipped,
+        "unreadable_images": [{"path": p, "error": e} for p, e in index.unreadable],
         "duplicates": duplicate_report(index),
     }

@@ -102,7 +102,11 @@ def _read_state_dict(path: Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or a pickle that weights_only refuses
+        raise ModelError(f"cannot read weights file {path} ({type(e).__name__}: {str(e)[:120]}); it must be a "
+                         "state_dict saved with torch.save, or a .safetensors file") from e
     return sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
 
 

@@ -21,8 +21,17 @@ from trainables import checkpoint, data, metrics, models
 from trainables.params import TrialParams
 
 
+DIVERGENCE_CHECK_STEPS = 20
+
+
 class TrialDiverged(FloatingPointError):
     """The training loss became NaN or infinite: this configuration is unusable."""
+
+
+def _check_finite(value: float, epoch: int, step: int, params) -> None:
+    if not math.isfinite(value):
+        raise TrialDiverged(f"training loss became {value} at epoch {epoch}, step {step} (lr={params.lr:g}, "
+                            f"batch_size={params.batch_size})")
 
 
 class LocalSession:
@@ -136,7 +145,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     for epoch in range(start, params.epochs + 1):
         models.set_train_mode(model)
         total, seen = torch.zeros((), device=device), 0
-        for idx in torch.randperm(len(x_train), generator=gen).split(params.batch_size):
+        for step, idx in enumerate(torch.randperm(len(x_train), generator=gen).split(params.batch_size), 1):
             xb = checkpoint.normalize(x_train[idx].to(device, non_blocking=True), meta)
             yb = y_train[idx].to(device, non_blocking=True)
             loss = F.cross_entropy(model(xb), yb)
@@ -145,9 +154,10 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             opt.step()
             total += loss.detach() * len(idx)
             seen += len(idx)
+            if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
+                _check_finite(float(total), epoch, step, params)
         train_loss = float(total) / max(1, seen)
-        if not math.isfinite(train_loss):
-            raise TrialDiverged(f"training loss is {train_loss} at epoch {epoch} (lr={params.lr})")
+        _check_finite(train_loss, epoch, step, params)
         row = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
             row.update(evaluate(model, meta, *val, device=device))

@@ -1,0 +1,67 @@
+"""Bad spaces through the real CLI: exit code 2, exactly one line naming file, key, value and what
+is allowed, and no Ray started (its temp dir is never created)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import ROOT
+
+ROWS = [  # (space file text, the exact message after "error: {file}: ")
+    ("search: {num_sample: 3}\n",
+     "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, num_samples, "
+     "max_concurrent_trials, time_budget_s, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
+    ("space: {learning_rate: 0.1}\n",
+     "space.learning_rate: unknown knob; did you mean 'lr'? knobs: model, pretrained, lr, weight_decay, "
+     "batch_size, image_size, epochs, unfreeze, cnn_blocks, cnn_width, dropout, seed"),
+    ("search: {num_samples: many}\n",
+     "search.num_samples: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    ("search: {metric: val_accuracy}\n",
+     "search.metric: Input should be 'val_acc', 'val_macro_f1', 'val_min_recall' or 'val_loss' (got 'val_accuracy')"),
+    ("space: {lr: {float: [0.1, 0.1]}}\n",
+     "space.lr.float: range [0.1, 0.1] is empty: need low < high (write a constant for a single value)"),
+    ("space: {lr: {float: [0.1, 0.001]}}\n",
+     "space.lr.float: range [0.1, 0.001] is inverted: need low < high (write a constant for a single value)"),
+    ("space: {lr: {float: [0, 0.1], log: true}}\n", "space.lr.float: log scale needs low > 0, got 0"),
+    ("space: {batch_size: {choice: []}}\n", "space.batch_size.choice: must be a non-empty list of values, got []"),
+    ("space: {model: {choice: [cnn, efficientnet_b9]}}\n",
+     "space.model: unknown model 'efficientnet_b9': use 'cnn' or a timm model name; did you mean efficientnet_b8, "
+     "efficientnet_b7, efficientnet_b6, efficientnet_b5, efficientnet_b4?"),
+    ("space: {model: resnet18, cnn_width: 16}\n",
+     "space.cnn_width: applies to model 'cnn' only, but model can only be ['resnet18']"),
+    ("space:\n  model: {choice: [cnn, resnet18]}\n  cnn_blocks: {int: [1, 4]}\n",
+     "space.cnn_blocks: is searched but applies to model 'cnn' only: add when: {model: cnn}"),
+    ("space: {model: resnet18, unfreeze: 2}\n",
+     "space.unfreeze: applies to pretrained models only (with pretrained: false every layer trains); "
+     "set pretrained or drop unfreeze"),
+    ("space: {model: resnet18, pretrained: /no/such.pth}\n",
+     "space.pretrained: weights file '/no/such.pth' does not exist; pretrained is true, false or a weights file"),
+    ("search: {num_samples: 0}\n", "search.num_samples: Input should be greater than or equal to 1 (got 0)"),
+    ("search: {time_budget_s: -5}\n", "search.time_budget_s: Input should be greater than 0 (got -5)"),
+    ("space:\n  lr: [0.1\n",
+     "YAML syntax error at line 2, column 7: while parsing a flow sequence expected ',' or ']', but got '<stream end>'"),
+    ("- a\n- b\n", "a space file must be a mapping of sections (data, search, resources, checkpoint, space), got list"),
+]
+
+
+def test_each_bad_space_gets_its_one_line_message(tmp_path):
+    env = dict(os.environ, RAY_TMPDIR=str(tmp_path / "ray"))
+
+    def run(i_row):
+        i, (text, _) = i_row
+        f = tmp_path / f"bad{i:02d}.yaml"
+        f.write_text(text)
+        return subprocess.run([sys.executable, "-m", "search.run", str(f), "--storage", str(tmp_path / "res")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(run, enumerate(ROWS)))
+    for i, ((_, expected), r) in enumerate(zip(ROWS, done)):
+        assert r.returncode == 2, (i, r.stderr)
+        assert r.stderr == f"error: {tmp_path / f'bad{i:02d}.yaml'}: {expected}\n"
+        assert r.stdout == ""
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "res").exists()  # no Ray, nothing written

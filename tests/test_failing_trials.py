@@ -1,0 +1,59 @@
+"""Trials that go wrong are recorded with a status and a reason, and the search goes on."""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import results
+from search import run
+from tests.conftest import write_space
+
+SPACE = """
+name: failing
+data: {{source: animal-mnist, limit_per_class: 12}}
+search:
+  num_samples: 3
+  max_concurrent_trials: 2
+  scheduler: {{max_t: 2, grace_period: 2}}
+  points_to_evaluate:
+    - {{model: cnn, lr: 0.003}}
+    - {{model: cnn, lr: 1.0e+35}}
+    - {{model: resnet18, pretrained: {garbage}}}
+space:
+  model: {{choice: [cnn, resnet18]}}
+  pretrained: {{choice: [false, {garbage}], when: {{model: resnet18}}}}
+  lr: {{choice: [0.003, 1.0e+35]}}
+  cnn_width: 4
+  batch_size: 16
+  image_size: 16
+  epochs: 2
+"""
+
+
+def test_diverging_and_crashing_trials_do_not_stop_the_search(ray_cluster, tmp_path, capsys):
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"this is not a checkpoint")
+    space_file = write_space(tmp_path / "failing.yaml", SPACE.format(garbage=garbage))
+    assert run.main([str(space_file), "--storage", str(tmp_path / "res")]) == 0  # not all trials failed
+    out = capsys.readouterr().out
+    trials = pd.read_csv(tmp_path / "res" / "failing" / "trials.csv").set_index("lr", drop=False)
+    assert sorted(trials["status"]) == ["completed", "diverged", "error"]
+    good = trials[trials["status"] == "completed"].iloc[0]
+    assert good["lr"] == 0.003 and good["model"] == "cnn" and good["epochs_run"] == 2
+    diverged = trials[trials["status"] == "diverged"].iloc[0]
+    assert diverged["lr"] == 1e35 and "training loss became nan" in diverged["error"]
+    crashed = trials[trials["status"] == "error"].iloc[0]
+    assert crashed["model"] == "resnet18" and "ModelError: cannot read weights file" in crashed["error"]
+    assert crashed["error_file"].endswith("error.txt")
+    assert "diverged: training loss became nan" in out and "ModelError: cannot read weights file" in out  # the final summary lists them with their reason
+
+
+def test_out_of_memory_is_reported_with_the_sizes_that_caused_it():
+    text = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    status, reason = results.classify_failure(text, {"batch_size": 512, "image_size": 224})
+    assert status == "error" and reason.startswith("out of memory at batch_size=512, image_size=224")
+
+
+def test_wrapped_errors_report_the_inner_exception():
+    text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n"
+            "  File x\nValueError: bad shape (3, 4)\n")
+    assert results.classify_failure(text, {}) == ("error", "ValueError: bad shape (3, 4)")
