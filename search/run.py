@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     from analysis.results import trials_table
 
     table = trials_table(exp_dir)
-    if not table.empty and (table["status"] == "error").all():
+    if not table.empty and table["status"].isin(["error", "diverged"]).all():
         print(f"error: every trial failed; most common reason: {table['error'].mode().iloc[0]}", file=sys.stderr)
         return 1
     return 0

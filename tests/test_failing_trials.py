@@ -57,3 +57,13 @@ def test_wrapped_errors_report_the_inner_exception():
     text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n"
             "  File x\nValueError: bad shape (3, 4)\n")
     assert results.classify_failure(text, {}) == ("error", "ValueError: bad shape (3, 4)")
+
+
+def test_when_every_trial_fails_the_command_exits_nonzero_with_the_reason(ray_cluster, tmp_path, capsys):
+    space_file = write_space(tmp_path / "allfail.yaml", (
+        "data: {source: animal-mnist, limit_per_class: 6}\n"
+        "search: {num_samples: 1, max_concurrent_trials: 1}\n"
+        "space: {model: cnn, cnn_width: 4, lr: 1.0e+35, batch_size: 8, image_size: 8, epochs: 1}\n"))
+    assert run.main([str(space_file), "--storage", str(tmp_path / "res")]) == 1
+    err = capsys.readouterr().err
+    assert "every trial failed; most common reason: training loss became nan" in err
