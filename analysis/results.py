@@ -55,6 +55,20 @@ def _failure(trial) -> tuple[str, str, str]:
     return status, reason, str(path)
 
 
+def search_state(results_dir: str | Path) -> dict | None:
+    """None if no search ran here; else how many trials finished and whether any is left to run."""
+    results_dir = Path(results_dir)
+    if not (results_dir / SEARCH_FILE).is_file() or not any(results_dir.glob("experiment_state-*.json")):
+        return None
+    from ray import tune
+
+    info = read_search_info(results_dir)
+    trials = tune.ExperimentAnalysis(str(results_dir)).trials
+    finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+    return {"finished": finished, "num_samples": info["num_samples"],
+            "unfinished": finished < min(len(trials), info["num_samples"]) or len(trials) < info["num_samples"]}
+
+
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
     """One row per trial: id, status, epochs run, best objective and its epoch and checkpoint, knobs."""
     from ray import tune

@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
     p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: start one here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search in STORAGE/NAME: finished trials are kept, unfinished ones "
+                        "continue from their last checkpoint, the sampler keeps its history")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
     p.add_argument("--verbose", action="store_true", help="also show Ray's and the workers' own logs")
     return p.parse_args(argv)
@@ -122,9 +125,16 @@ def run_search(args, spec, name: str, index) -> Path:
 
     storage = _abs_storage(args.storage)
     exp_dir = Path(storage) / name
-    if (exp_dir / results.SEARCH_FILE).exists() and any(exp_dir.glob("experiment_state-*.json")):
-        raise space_mod.SpaceError(f"{exp_dir} already holds a search; pick another --name, or delete that folder")
-    info = write_inputs(exp_dir, spec, index, name)
+    state = results.search_state(exp_dir)
+    if state and not args.resume:
+        hint = ("add --resume to continue it" if state["unfinished"]
+                else "pick another --name, or delete that folder")
+        raise space_mod.SpaceError(f"{exp_dir} already holds a search ({state['finished']} of "
+                                   f"{state['num_samples']} trials finished); {hint}")
+    if args.resume and not state:
+        raise space_mod.SpaceError(f"--resume: {exp_dir} holds no search to resume")
+    # a resumed search keeps the inputs it started with: above all the same split
+    info = results.read_search_info(exp_dir) if args.resume else write_inputs(exp_dir, spec, index, name)
     cluster = ray.cluster_resources()
     demand = tuner_mod.trial_demand(spec)
     short = {k: (v, cluster.get(k, 0)) for k, v in demand.items() if cluster.get(k, 0) < v}
@@ -147,9 +157,21 @@ def run_search(args, spec, name: str, index) -> Path:
           f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
     print(f"results: {exp_dir}", flush=True)
     progress = ProgressPrinter(spec.search.metric, spec.search.num_samples)
-    tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=[progress])
+    if args.resume:
+        print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
+              "continue from their last checkpoint", flush=True)
+        tuner = tuner_mod.restore(exp_dir)
+    else:
+        tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=[progress])
     started = time.time()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:  # Ctrl-C included: Tune has saved its state; say how to go on
+        after = results.search_state(exp_dir)
+        if after and after["unfinished"]:
+            print(f"\nsearch interrupted with {after['finished']} of {after['num_samples']} trials finished; "
+                  f"continue it with:\n  python -m search.run {args.space} --storage {args.storage} --name {name} "
+                  "--resume", flush=True)
     table, csv_path = results.write_trials_csv(exp_dir)
     board = results.leaderboard(table, info)
     print(f"\nsearch finished in {time.time() - started:.0f}s: "

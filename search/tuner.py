@@ -38,13 +38,27 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def trainable():
+    """The trial function with its token resource; Tuner.restore checks that the name matches."""
+    from ray import tune
+
+    from trainables.driver import run_trial
+
+    return tune.with_resources(run_trial, {DRIVER_TOKEN: 1})
+
+
+def restore(exp_dir):
+    """Tune restores the searcher (Optuna's past trials), the scheduler and every trial's state."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(exp_dir), trainable=trainable(), resume_unfinished=True, resume_errored=False)
+
+
 def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurrent: int, callbacks=()):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-
-    from trainables.driver import run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
@@ -63,7 +77,7 @@ def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurren
         reduction_factor=s.scheduler.reduction_factor,
     )
     return tune.Tuner(
-        tune.with_resources(run_trial, {DRIVER_TOKEN: 1}),
+        trainable(),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
