@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", help="YAML search space, e.g. spaces/finetune.yaml")
     p.add_argument("--data", help="image folder (class subfolders, or train/ val/ test/) instead of data.source")
-    p.add_argument("--storage", default="results", help="where results go: a folder or URI (default: results/)")
+    p.add_argument("--storage", default="results", help="folder for results (default: results/); on a cluster, one every node mounts")
     p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
@@ -37,13 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _abs_storage(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    """Absolute, because trials run in Ray's own working directories (and on other nodes)."""
+    if "://" in storage:
+        raise space_mod.SpaceError(
+            f"--storage {storage}: URIs are not supported yet (the split and summaries are plain files that "
+            "trials read); give a folder, on a file system every node mounts at the same path on a cluster")
+    return str(Path(storage).expanduser().resolve())
 
 
 def prepare(args) -> tuple:
     """Validate the space and prepare the data. Raises SpaceError/DataError/ModelError, nothing started."""
     overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
     spec = space_mod.load(args.space, overrides)
+    _abs_storage(args.storage)
     name = args.name or spec.name or Path(args.space).stem
     d = spec.data
     index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir)
@@ -140,11 +146,13 @@ def run_search(args, spec, name: str, index) -> Path:
     short = {k: (v, cluster.get(k, 0)) for k, v in demand.items() if cluster.get(k, 0) < v}
     if short:
         need = ", ".join(f"{v:g} {k} per trial but the cluster has {have:g}" for k, (v, have) in short.items())
-        raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
+        if not args.address:  # nothing will ever add resources to the local cluster
+            raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
+        print(f"warning: {need} now; trials wait until the cluster's autoscaler adds nodes", flush=True)
     if cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
         raise space_mod.SpaceError(f"the Ray cluster has no '{tuner_mod.DRIVER_TOKEN}' resource for trial drivers; "
                                    f"start its head with --resources='{{\"{tuner_mod.DRIVER_TOKEN}\": 8}}'")
-    n = tuner_mod.concurrency(spec, cluster)
+    n = tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
     context = {
         "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
         "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),

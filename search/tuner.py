@@ -24,9 +24,12 @@ def trial_demand(spec: SpaceFile) -> dict[str, float]:
     return demand
 
 
-def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
-    """How many trials run at once: the YAML's number, or what the cluster can hold ('auto')."""
-    fits = [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in trial_demand(spec).items()]
+def concurrency(spec: SpaceFile, cluster: dict[str, float], autoscaling: bool = False) -> int:
+    """How many trials run at once: the YAML's number, or what the cluster can hold ('auto').
+
+    On a cluster still waiting for its autoscaler, 'auto' is bounded by the driver tokens only:
+    the pending trials' resource requests are what makes the autoscaler add nodes."""
+    fits = [] if autoscaling else [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in trial_demand(spec).items()]
     fits.append(int(cluster.get(DRIVER_TOKEN, 0)))
     n = min(fits)
     wanted = spec.search.max_concurrent_trials

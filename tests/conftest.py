@@ -25,9 +25,11 @@ def animal_root():
     return resolve_source("animal-mnist")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster (2 CPUs, dashboard on localhost), shared by the search tests."""
+    """A real local Ray cluster (2 CPUs, dashboard on localhost) for one test module's searches.
+
+    Per module, not per session, so that the multi-node test runs with no other cluster up."""
     import ray
 
     ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False)

@@ -60,6 +60,7 @@ class RayTrainSession:
     """Runs `fit` inside a Ray Train worker: `ray.train.report` with a checkpoint every epoch."""
 
     def __init__(self):
+        import ray
         import ray.train
         import ray.train.torch
 
@@ -68,6 +69,7 @@ class RayTrainSession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._prepare = ray.train.torch.prepare_model
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def prepare_model(self, model):
         return self._prepare(model)
@@ -79,6 +81,7 @@ class RayTrainSession:
         return ck.to_directory()
 
     def report(self, row: dict, save) -> None:
+        row = {**row, "node_id": self.node_id}  # which node trained it: trials move when a node dies
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
             if self.rank == 0:
