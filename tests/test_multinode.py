@@ -1,0 +1,156 @@
+"""Two real Ray nodes on this machine (`ray start --head`, then `ray start --address`): trials
+spread over both, and when the worker node dies mid-trial the search still completes every trial,
+the lost one continuing from its last checkpoint on the surviving node.
+
+Every Ray process the test starts runs in a process group of its own, killed by PID at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+RAY = str(Path(sys.executable).parent / "ray")
+# as on a real cluster: token authentication, the same token (~/.ray/auth_token) on every node
+ENV = dict(os.environ, RAY_AUTH_MODE="token")
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Live processes of a group (zombies, already dead and waiting to be reaped, do not count)."""
+    out = subprocess.run(["ps", "-o", "pid=,pgid=,stat=", "-A"], capture_output=True, text=True).stdout.splitlines()
+    rows = (ln.split() for ln in out if ln.strip())
+    return [int(p) for p, g, stat in rows if int(g) == pgid and not stat.startswith("Z")]
+
+
+def _tree(pids: list[int]) -> list[int]:
+    """The processes and all their descendants (Ray's workers leave their raylet's process group)."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=", "-A"], capture_output=True, text=True).stdout.splitlines()
+    children: dict[int, list[int]] = {}
+    for ln in out:
+        pid, ppid = map(int, ln.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(pids)
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def _kill_group(pgid: int) -> None:
+    for pid in _tree(_group_pids(pgid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _start(args: list[str]) -> int:
+    proc = subprocess.Popen([RAY, "start", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=ENV)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    return proc.pid  # the session leader's pid is the group id its daemons keep
+
+
+def _rows(exp: Path) -> dict[str, list[dict]]:
+    rows = {}
+    for d in exp.glob("trial_*"):
+        f = d / "result.json"
+        if f.exists():
+            rows[d.name] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return rows
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=ENV, timeout=60)
+    gcs, dash, client, *agent = _ports(11)
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head = _start(["--head", f"--port={gcs}", "--num-cpus=1", "--num-gpus=0", '--resources={"trial_driver": 4}',
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                   f"--dashboard-agent-listen-port={agent[0]}", f"--dashboard-agent-grpc-port={agent[1]}",
+                   f"--runtime-env-agent-port={agent[2]}", f"--metrics-export-port={agent[3]}",
+                   f"--temp-dir={ray_tmp}"])
+    groups = [head]
+    try:
+        groups.append(_start([f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=0",
+                              '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={agent[4]}",
+                              f"--dashboard-agent-grpc-port={agent[5]}", f"--runtime-env-agent-port={agent[6]}",
+                              f"--metrics-export-port={agent[7]}"]))
+        yield f"127.0.0.1:{gcs}", groups
+    finally:
+        for g in groups:
+            _kill_group(g)
+        time.sleep(1)
+        assert not any(_group_pids(g) for g in groups)  # every process the test started is gone
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _node_ids(address: str) -> dict[str, str]:
+    """{'head'|'node_b': node id}, read through a short-lived driver."""
+    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
+            "print(json.dumps({('node_b' if 'node_b' in n['Resources'] else 'head'): n['NodeID'] "
+            "for n in ray.nodes() if n['Alive']}))" % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
+    address, groups = two_nodes
+    nodes = _node_ids(address)
+    assert set(nodes) == {"head", "node_b"}
+    exp = tmp_path / "res" / "multi"
+    cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--address", address,
+           "--storage", str(tmp_path / "res"), "--name", "multi",
+           "--set", "search.num_samples=4", "--set", "search.max_concurrent_trials=2",
+           "--set", "search.points_to_evaluate=[]", "--set", "search.max_failures=2",
+           "--set", "search.scheduler.grace_period=6", "--set", "space.epochs=6", "--set", "space.lr=0.003",
+           "--set", "search.scheduler.max_t=6", "--set", "data.limit_per_class=300", "--set", "space.image_size=24"]
+    log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
+    search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV)
+    killed_trial, deadline = None, time.time() + 300
+    while killed_trial is None and time.time() < deadline and search.poll() is None:
+        for trial, rows in _rows(exp).items():
+            if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rows):
+                killed_trial = trial
+        time.sleep(0.5)
+    assert killed_trial, "no trial reached epoch 2 on the worker node"
+    _kill_group(groups[1])  # the worker node dies: its raylet and the train worker on it
+    search.wait(timeout=600)
+    out = (tmp_path / "search.log").read_text()
+    assert search.returncode == 0, out
+
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, out
+    rows = _rows(exp)
+    used = {r["node_id"] for rs in rows.values() for r in rs}
+    assert used == {nodes["head"], nodes["node_b"]}  # trials ran on both nodes
+    lost = rows[killed_trial]
+    after = [r for r in lost if r["node_id"] == nodes["head"]]
+    before = [r for r in lost if r["node_id"] == nodes["node_b"]]
+    assert before and after and after[-1]["epoch"] == 6
+    assert after[0]["epoch"] >= before[-1]["epoch"]  # continued from a checkpoint (at most one report redone)
+    assert after[0]["epoch"] > 1
