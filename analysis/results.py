@@ -88,12 +88,18 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
         knobs = {k: v for k, v in t.config.items() if k != "run"}
         failed = _failure(t) if t.status == "ERROR" else None
         if df is None or df.empty or metric not in df:
-            row.update(status=failed[0] if failed else "no results", epochs_run=0)
+            row.update(status=failed[0] if failed else "unfinished" if t.status != "TERMINATED" else "no results",
+                       epochs_run=0)
         else:
             df = df.sort_values("epoch")
             best_i = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
             epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
-            status = failed[0] if failed else "stopped" if epochs < planned else "completed"
+            if failed:
+                status = failed[0]
+            elif t.status != "TERMINATED":  # still running or pending when the search was interrupted
+                status = "unfinished"
+            else:
+                status = "stopped" if epochs < planned else "completed"
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},

@@ -17,6 +17,7 @@ from search import space as space_mod
 from trainables import data
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,8 +122,9 @@ def start_ray(address: str | None, verbose: bool):
     return True
 
 
-def run_search(args, spec, name: str, index) -> Path:
-    """Run the Tuner on an already validated space and prepared data; return the results folder."""
+def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
+    """Run the Tuner on a validated space and prepared data; return the results folder, and whether
+    the search was interrupted (Ctrl-C) before all its trials ran."""
     import ray
 
     from analysis import results
@@ -173,16 +175,16 @@ def run_search(args, spec, name: str, index) -> Path:
         tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=[progress])
     started = time.time()
     try:
-        tuner.fit()
-    finally:  # Ctrl-C included: Tune has saved its state; say how to go on
-        after = results.search_state(exp_dir)
-        if after and after["unfinished"]:
-            print(f"\nsearch interrupted with {after['finished']} of {after['num_samples']} trials finished; "
-                  f"continue it with:\n  python -m search.run {args.space} --storage {args.storage} --name {name} "
-                  "--resume", flush=True)
+        tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
+    except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
+        pass
+    elapsed = time.time() - started
+    after = results.search_state(exp_dir)
+    budget = spec.search.time_budget_s
+    interrupted = bool(after and after["unfinished"] and not (budget and elapsed >= 0.98 * budget))
     table, csv_path = results.write_trials_csv(exp_dir)
     board = results.leaderboard(table, info)
-    print(f"\nsearch finished in {time.time() - started:.0f}s: "
+    print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
     print(results.format_board(board, info, top=5))
     failed = table[table["status"].isin(["error", "diverged"])]
@@ -192,7 +194,10 @@ def run_search(args, spec, name: str, index) -> Path:
             print(f"  {t['trial_id']} {t['status']}: {t['error']}\n    traceback: {t['error_file']}")
     print(f"\nresults: {exp_dir}\n  trials: {csv_path}\n"
           f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}")
-    return exp_dir
+    if interrupted:
+        print(f"\n{after['finished']} of {after['num_samples']} trials finished; continue the search with:\n"
+              f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
+    return exp_dir, interrupted
 
 
 def main(argv=None) -> int:
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
         return 0
     owns_ray = start_ray(args.address, args.verbose)
     try:
-        exp_dir = run_search(args, spec, name, index)
+        exp_dir, interrupted = run_search(args, spec, name, index)
     except space_mod.SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -219,6 +224,8 @@ def main(argv=None) -> int:
             import ray
 
             ray.shutdown()
+    if interrupted:
+        return EXIT_INTERRUPTED
     from analysis.results import trials_table
 
     table = trials_table(exp_dir)

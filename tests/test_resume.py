@@ -83,3 +83,27 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     assert len(study_trials) == 4  # the resumed sampler kept the earlier trials
     assert {round(t.params["lr"], 12) for t in study_trials} == {round(x, 12) for x in trials["lr"]}
     assert not _strays(proc.pid)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage",
+           str(tmp_path / "res"), "--name", "ctrlc"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if " epoch 1/" in line:
+                proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the driver
+                break
+        lines += proc.stdout.readlines()
+        assert proc.wait(timeout=120) == 130, "".join(lines)
+    finally:
+        _kill_group(proc.pid)
+        for pid in _strays(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert "search interrupted" in out and f"--name ctrlc --resume" in out
+    trials = pd.read_csv(tmp_path / "res" / "ctrlc" / "trials.csv")  # the results so far are written
+    assert "unfinished" in set(trials["status"])
