@@ -23,6 +23,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     from trainables.train_loop import LocalSession, evaluate, fit
 
     results_dir = Path(results_dir).resolve()
+    metric = results.read_search_info(results_dir)["metric"]
     best = results.best_trial(results_dir)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     config["epochs"] = int(epochs or best["best_epoch"])
@@ -33,6 +34,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
           + " ".join(f"{k}={v}" for k, v in config.items() if k != "run"), flush=True)
     fit(config, LocalSession(checkpoint_dir=model_dir), train_splits=("train", "val"), val_split=None)
 
+    (model_dir / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
     model, meta = checkpoint.load(model_dir)
     run = config["run"]
     test_items = data.read_split(run["split_file"], ("test",))
@@ -40,7 +42,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     test = evaluate(model, meta, x, y, prefix="test_")
     report = {
         "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
-        f"search_best_{results.read_search_info(results_dir)['metric']}": float(best.filter(like="best_val").iloc[0]),
+        f"search_best_{metric}": float(best[f"best_{metric}"]),
         "test_images": len(test_items), **test, "model_dir": str(model_dir),
         "retrain_seconds": round(time.time() - started, 1),
     }

@@ -122,6 +122,22 @@ def start_ray(address: str | None, verbose: bool):
     return True
 
 
+def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
+    """STORAGE/NAME must be new, or hold an unfinished search when --resume is given."""
+    from analysis import results
+
+    exp_dir = Path(_abs_storage(args.storage)) / name
+    state = results.search_state(exp_dir)
+    if state and not args.resume:
+        hint = ("add --resume to continue it" if state["unfinished"]
+                else "pick another --name, or delete that folder")
+        raise space_mod.SpaceError(f"{exp_dir} already holds a search ({state['finished']} of "
+                                   f"{state['num_samples']} trials finished); {hint}")
+    if args.resume and not state:
+        raise space_mod.SpaceError(f"--resume: {exp_dir} holds no search to resume")
+    return exp_dir, state
+
+
 def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
     """Run the Tuner on a validated space and prepared data; return the results folder, and whether
     the search was interrupted (Ctrl-C) before all its trials ran."""
@@ -132,15 +148,7 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
     from search.progress import ProgressPrinter
 
     storage = _abs_storage(args.storage)
-    exp_dir = Path(storage) / name
-    state = results.search_state(exp_dir)
-    if state and not args.resume:
-        hint = ("add --resume to continue it" if state["unfinished"]
-                else "pick another --name, or delete that folder")
-        raise space_mod.SpaceError(f"{exp_dir} already holds a search ({state['finished']} of "
-                                   f"{state['num_samples']} trials finished); {hint}")
-    if args.resume and not state:
-        raise space_mod.SpaceError(f"--resume: {exp_dir} holds no search to resume")
+    exp_dir, state = check_results_dir(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
     info = results.read_search_info(exp_dir) if args.resume else write_inputs(exp_dir, spec, index, name)
     cluster = ray.cluster_resources()
@@ -206,6 +214,7 @@ def main(argv=None) -> int:
 
     try:
         spec, name, index = prepare(args)
+        check_results_dir(args, name)  # before Ray starts
     except (space_mod.SpaceError, data.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
