@@ -40,10 +40,12 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     test_items = data.read_split(run["split_file"], ("test",))
     x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"])
     test = evaluate(model, meta, x, y, prefix="test_")
+    export_diff = checkpoint.export(model, meta, model_dir, x[:32])
     report = {
         "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
         f"search_best_{metric}": float(best[f"best_{metric}"]),
         "test_images": len(test_items), **test, "model_dir": str(model_dir),
+        "exported": str(model_dir / checkpoint.EXPORTED), "export_max_logit_diff": export_diff,
         "retrain_seconds": round(time.time() - started, 1),
     }
     (out / TEST_FILE).write_text(json.dumps(report, indent=2))

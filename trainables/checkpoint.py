@@ -13,7 +13,7 @@ from torch import nn
 
 from trainables import models
 
-WEIGHTS, META, TRAIN_STATE = "model.pt", "meta.json", "train_state.pt"
+WEIGHTS, META, TRAIN_STATE, EXPORTED = "model.pt", "meta.json", "train_state.pt", "model.pt2"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,3 +61,21 @@ def predict(model: nn.Module, meta: dict, x_uint8: torch.Tensor, batch_size: int
     model.eval()
     out = [model(normalize(x_uint8[i:i + batch_size], meta)).softmax(-1) for i in range(0, len(x_uint8), batch_size)]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def export(model: nn.Module, meta: dict, directory: str | Path, x_uint8: torch.Tensor) -> float:
+    """Save the model as a `torch.export` program (any batch size) next to its weights, loadable
+    without this project: `torch.export.load(path).module()(x)`. Returns the largest logit
+    difference between the export and the eager model on `x_uint8`, raising if they disagree.
+
+    torch.export, not TorchScript: `torch.jit` is deprecated in the PyTorch this project uses."""
+    model.eval()
+    x = normalize(x_uint8, meta)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+    path = Path(directory) / EXPORTED
+    torch.export.save(program, path)
+    diff = float((torch.export.load(path).module()(x) - model(x)).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"exported model {path} differs from the model by {diff:g} in its logits")
+    return diff

@@ -1,0 +1,37 @@
+"""A trained model predicts new images from the command line, and its exported program agrees."""
+from __future__ import annotations
+
+import torch
+
+from analysis import predict
+from tests.test_train_loop import config_for
+from trainables import checkpoint, data, train_loop
+
+
+def trained_model(folder, tmp_path):
+    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), train_loop.LocalSession(tmp_path / "model"))
+    return tmp_path / "model"
+
+
+def test_predict_returns_the_true_class_and_writes_a_grid(folder, tmp_path, capsys):
+    model_dir = trained_model(folder, tmp_path)
+    test = data.read_split(tmp_path / "split.csv", ("test",))
+    files = [folder / it.path for it in test]
+    preds = predict.predict_files(model_dir, files, top=2)
+    right = sum(p[0][0] == it.label for p, it in zip(preds, test))
+    assert right >= len(test) - 1 and all(len(p) == 2 and p[0][1] >= p[1][1] for p in preds)
+    assert predict.main([str(model_dir), str(files[0]), str(folder / "b"), "--grid", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"{files[0]}: {test[0].label} " in out and out.count("\n") == 1 + 20 + 1
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    assert predict.main([str(model_dir), str(tmp_path / "nope.png")]) == 2
+
+
+def test_export_gives_the_same_logits_at_any_batch_size(folder, tmp_path):
+    model, meta = checkpoint.load(trained_model(folder, tmp_path))
+    x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
+    assert checkpoint.export(model, meta, tmp_path / "model", x) < 1e-4
+    exported = torch.export.load(tmp_path / "model" / checkpoint.EXPORTED).module()
+    for batch in (x[:1], x):
+        xb = checkpoint.normalize(batch, meta)
+        assert torch.allclose(exported(xb), model(xb), atol=1e-4)
