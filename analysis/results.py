@@ -147,3 +147,56 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     shown = board[cols].head(top).copy()
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         return shown.to_string(index=False, na_rep="-")
+
+
+OPTUNA_DB = "optuna.db"
+
+
+def write_optuna_db(results_dir: str | Path, table: pd.DataFrame | None = None) -> Path:
+    """Store the search as an Optuna study in RESULTS_DIR/optuna.db (SQLite), rebuilt from the
+    results: `optuna-dashboard sqlite:///RESULTS_DIR/optuna.db` shows it and `optuna.load_study`
+    reads it. Each trial's value is its best objective; failed trials are stored as FAIL.
+
+    Rebuilt rather than live: Tune pickles its searcher, and a live SQLite storage inside it
+    would not survive that."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from search import space as space_mod
+
+    results_dir = Path(results_dir).resolve()
+    info = read_search_info(results_dir)
+    table = trials_table(results_dir) if table is None else table
+    spec = space_mod.load(results_dir / "space.yaml")
+    dists = {}
+    for name, k in spec.knobs.items():
+        if k.kind == "choice":
+            dists[name] = CategoricalDistribution(k.choices)
+        elif k.kind == "int":
+            dists[name] = IntDistribution(int(k.low), int(k.high), log=k.log, step=int(k.step or 1))
+        elif k.kind == "float":
+            dists[name] = FloatDistribution(k.low, k.high, log=k.log, step=k.step)
+    db = results_dir / OPTUNA_DB
+    db.unlink(missing_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{db}", study_name=info["name"],
+                                direction="maximize" if info["mode"] == "max" else "minimize")
+    col = f"best_{info['metric']}"
+    for _, t in table.iterrows():
+        params = {}
+        for name, d in dists.items():
+            v = t.get(name)
+            if v is None or (isinstance(v, float) and v != v):
+                continue  # a conditional knob this trial did not use
+            if isinstance(d, CategoricalDistribution):  # pandas widens 16 to 16.0 in a column with gaps
+                v = next((c for c in d.choices if c == v or str(c) == str(v)), v)
+            elif isinstance(d, IntDistribution):
+                v = int(v)
+            params[name] = v
+        ok = col in t and t[col] == t[col] and t["status"] in ("completed", "stopped")
+        state = optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: dists[n] for n in params}, value=float(t[col]) if ok else None,
+            state=state, user_attrs={"trial_id": t["trial_id"], "status": t["status"],
+                                     "epochs_run": int(t.get("epochs_run", 0) or 0)}))
+    return db

@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search in STORAGE/NAME: finished trials are kept, unfinished ones "
                         "continue from their last checkpoint, the sampler keeps its history")
+    p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
+                   "(e.g. file:///path/mlruns; needs `pip install mlflow`)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
     p.add_argument("--verbose", action="store_true", help="also show Ray's and the workers' own logs")
     return p.parse_args(argv)
@@ -174,13 +176,17 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
           f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
     print(f"results: {exp_dir}", flush=True)
-    progress = ProgressPrinter(spec.search.metric, spec.search.num_samples)
+    callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]
+    if args.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=args.mlflow, experiment_name=name, save_artifact=False))
     if args.resume:
         print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
               "continue from their last checkpoint", flush=True)
         tuner = tuner_mod.restore(exp_dir)
     else:
-        tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=[progress])
+        tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=callbacks)
     started = time.time()
     try:
         tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
@@ -191,6 +197,10 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
     budget = spec.search.time_budget_s
     interrupted = bool(after and after["unfinished"] and not (budget and elapsed >= 0.98 * budget))
     table, csv_path = results.write_trials_csv(exp_dir)
+    try:
+        results.write_optuna_db(exp_dir, table)
+    except Exception as e:  # a convenience copy: never worth failing a finished search for
+        print(f"warning: could not write {exp_dir / results.OPTUNA_DB}: {type(e).__name__}: {e}")
     board = results.leaderboard(table, info)
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
@@ -201,7 +211,8 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
         for _, t in failed.iterrows():
             print(f"  {t['trial_id']} {t['status']}: {t['error']}\n    traceback: {t['error_file']}")
     print(f"\nresults: {exp_dir}\n  trials: {csv_path}\n"
-          f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}")
+          f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}\n"
+          f"        python -m analysis.report {exp_dir}")
     if interrupted:
         print(f"\n{after['finished']} of {after['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
@@ -215,6 +226,11 @@ def main(argv=None) -> int:
     try:
         spec, name, index = prepare(args)
         check_results_dir(args, name)  # before Ray starts
+        if args.mlflow:
+            import importlib.util
+
+            if importlib.util.find_spec("mlflow") is None:
+                raise space_mod.SpaceError("--mlflow: the mlflow package is not installed; pip install mlflow")
     except (space_mod.SpaceError, data.DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -6,14 +6,18 @@ second (lr=1e-6, learns nothing) falls below it and must be stopped after epoch 
 """
 from __future__ import annotations
 
+import base64
+import re
 import time
 
+import optuna
 import pandas as pd
 import pytest
 import ray
 import torch
 
 from analysis import rank, retrain
+from analysis import report as analysis_report
 from search import run
 from trainables import checkpoint, data
 from tests.conftest import ROOT
@@ -40,11 +44,16 @@ def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
         time.sleep(1)
     assert ray.available_resources().get("CPU", 0) == 2 and _alive_train_workers() == 0
 
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{exp / 'optuna.db'}")  # optuna-dashboard's view
+    assert len(study.trials) == 3
+    assert all(list((exp / f"trial_{t.user_attrs['trial_id']}").glob("events.out.tfevents.*")) for t in study.trials)
+
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped"}
     bad = trials[(trials["lr"] - 1e-6).abs() < 1e-12].iloc[0]
     assert bad["status"] == "stopped" and bad["epochs_run"] == 1
     assert (trials["status"] == "completed").any()
+    assert study.best_value == pytest.approx(trials["best_val_acc"].max())
     assert {"split.csv", "space.yaml", "data.json", "search.json"} <= {p.name for p in exp.iterdir()}
 
     # The best checkpoint loads (weights_only) and predicts the val images better than chance.
@@ -70,3 +79,20 @@ def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
     # The test split is used once: a second call reports the stored result, it does not re-test.
     assert retrain.main([str(exp)]) == 0
     assert "already tested" in capsys.readouterr().out
+    low, high = report["test_acc_ci95"]
+    assert low < report["test_acc"] < high
+    assert retrain.main([str(exp), "--top", "2", "--out", str(tmp_path / "top2")]) == 0
+    assert capsys.readouterr().out.count("candidate ") == 2  # both reruns shown before the pick
+
+    # The report: every section, real plots, every searched knob ranked, the leaderboard in order.
+    assert analysis_report.main([str(exp)]) == 0
+    page = (exp / "report.html").read_text()
+    for section in ("id='summary'", "id='leaderboard'", "id='curves'", "id='knobs'", "id='best'", "id='test'"):
+        assert section in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 6 and all(len(base64.b64decode(i)) > 2000 for i in images)
+    knobs_table = page[page.index("id='knobs'"):page.index("id='best'")]
+    assert "<td>lr</td>" in knobs_table
+    order = re.findall(r"<td>([0-9a-f]{8})</td>", page[page.index("id='leaderboard'"):page.index("id='curves'")])
+    assert order == list(board["trial_id"])
+    assert "95% Wilson interval" in page

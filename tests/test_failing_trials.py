@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from analysis import results
 from search import run
@@ -67,3 +68,18 @@ def test_when_every_trial_fails_the_command_exits_nonzero_with_the_reason(ray_cl
     assert run.main([str(space_file), "--storage", str(tmp_path / "res")]) == 1
     err = capsys.readouterr().err
     assert "every trial failed; most common reason: training loss became nan" in err
+
+
+def test_mlflow_logs_each_trial(ray_cluster, tmp_path):
+    pytest.importorskip("mlflow")  # an optional extra: pip install -e ".[mlflow]"
+    import mlflow
+
+    uri = f"file://{tmp_path / 'mlruns'}"
+    space_file = write_space(tmp_path / "ml.yaml", (
+        "data: {source: animal-mnist, limit_per_class: 6}\n"
+        "search: {num_samples: 2, max_concurrent_trials: 1}\n"
+        "space: {model: cnn, cnn_width: 4, lr: {float: [1.0e-3, 1.0e-2]}, batch_size: 8, image_size: 8, epochs: 1}\n"))
+    assert run.main([str(space_file), "--storage", str(tmp_path / "res"), "--name", "ml", "--mlflow", uri]) == 0
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["ml"])
+    assert len(runs) == 2 and runs["metrics.val_acc"].notna().all()

@@ -26,3 +26,26 @@ def from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str = "val_
     }
     out.update({f"{prefix}recall/{c}": float(r) for c, r in zip(class_names, recall)})
     return out
+
+
+def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of each class: rows of the report's per-class table."""
+    cm = cm.double()
+    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
+    rows = []
+    for i, c in enumerate(class_names):
+        p = float(tp[i] / predicted[i]) if predicted[i] > 0 else 0.0
+        r = float(tp[i] / support[i]) if support[i] > 0 else 0.0
+        rows.append({"class": c, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                     "support": int(support[i])})
+    return rows
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion: honest even near 0 or 1 and for small n."""
+    if n == 0:
+        return 0.0, 1.0
+    phat = successes / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((phat * (1 - phat) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

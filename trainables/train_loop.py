@@ -176,8 +176,10 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
 
 
 @torch.no_grad()
-def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefix: str = "val_") -> dict:
-    """Loss and classification metrics of `model` on uint8 images x with labels y."""
+def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefix: str = "val_",
+             with_confusion: bool = False) -> dict:
+    """Loss and classification metrics of `model` on uint8 images x with labels y (and, if asked,
+    the confusion matrix as nested lists under 'confusion')."""
     model.eval()
     k = meta["num_classes"]
     cm = torch.zeros((k, k), dtype=torch.long, device=device)
@@ -190,4 +192,6 @@ def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefi
         cm += metrics.confusion(yb, logits.argmax(1), k)
     out = {f"{prefix}loss": float(loss) / max(1, len(x))}
     out.update(metrics.from_confusion(cm.cpu(), meta["class_names"], prefix))
+    if with_confusion:
+        out["confusion"] = cm.cpu().tolist()
     return out

@@ -1,0 +1,393 @@
+"""`python -m analysis.report RESULTS_DIR`: one self-contained HTML page about a finished search.
+
+What hand-tuners write up after weeks of single runs, from the search's own results: the data
+and budget, the leaderboard, learning curves and ASHA's decisions, which knobs mattered (Optuna's
+PED-ANOVA importances on a study rebuilt from the results, plus each knob's effect), the best
+trial's confusion matrix and per-class scores, and the test result once `analysis.retrain` ran.
+Plots are matplotlib PNGs embedded as base64: the page opens from disk with no server.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import results
+
+MAX_CURVES = 5  # top trials drawn in the learning-curve plot
+WRONG_SHOWN = 12  # misclassified validation images shown
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(df: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    return df.to_html(index=False, na_rep="-", float_format=floats.format, border=0, classes="t")
+
+
+def histories(results_dir: Path) -> dict[str, pd.DataFrame]:
+    """Per-trial, per-epoch results keyed by trial id (Tune's own records, read offline)."""
+    from ray import tune
+
+    return {k: v.sort_values("epoch") for k, v in tune.ExperimentAnalysis(str(results_dir)).trial_dataframes.items()
+            if "epoch" in v}
+
+
+def _fmt(v) -> str:
+    """A knob value as the space wrote it: 32, not the 32.0 a column with gaps turns it into."""
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else f"{v:.4g}"
+    return str(v)
+
+
+def importances(table: pd.DataFrame, info: dict) -> dict[str, float]:
+    """PED-ANOVA importances (no scikit-learn needed) on an Optuna study rebuilt from the trials.
+
+    A knob a `when:` left out of some trials gets an explicit 'n/a' value there, so conditional
+    knobs (pretrained, unfreeze, ...) are ranked too instead of silently dropped."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    col = f"best_{info['metric']}"
+    done = table[table[col].notna()] if col in table else table.iloc[0:0]
+    knobs = [k for k in info["knobs"] if k in done and done[k].nunique(dropna=True) > 0]
+    if len(done) < 3 or not knobs:
+        return {}
+    dists, values = {}, {}
+    for k in knobs:
+        col_values = done[k]
+        numeric = pd.api.types.is_numeric_dtype(col_values) and col_values.notna().all() and col_values.nunique() > 4
+        if numeric:
+            dists[k] = FloatDistribution(float(col_values.min()), float(col_values.max()) + 1e-12)
+            values[k] = col_values.astype(float).tolist()
+        else:
+            shown = [("n/a" if (isinstance(v, float) and math.isnan(v)) else _fmt(v)) for v in col_values]
+            dists[k] = CategoricalDistribution(sorted(set(shown)))
+            values[k] = shown
+    study = optuna.create_study(direction="maximize" if info["mode"] == "max" else "minimize")
+    for i, value in enumerate(done[col].tolist()):
+        study.add_trial(optuna.trial.create_trial(params={k: values[k][i] for k in knobs}, distributions=dists,
+                                                  value=float(value)))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=max(0.1, 2 / len(done)))
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def effects(table: pd.DataFrame, info: dict, importance: dict[str, float]) -> pd.DataFrame:
+    """knob | importance | effect on the objective | best value: the table hand-tuners write."""
+    col, better_high = f"best_{info['metric']}", info["mode"] == "max"
+    done = table[table[col].notna()] if col in table else table.iloc[0:0]
+    if done.empty:
+        return pd.DataFrame()
+    best = done.sort_values(col, ascending=not better_high).iloc[0]
+    rows = []
+    for k in info["knobs"]:
+        if k not in done:
+            continue
+        sub = done[done[k].notna()]
+        if sub.empty:
+            continue
+        if pd.api.types.is_numeric_dtype(sub[k]) and sub[k].nunique() > 4:
+            rho = sub[k].rank().corr(sub[col].rank())
+            rho = rho if better_high else -rho
+            effect = ("higher is better" if rho > 0.3 else "lower is better" if rho < -0.3 else "flat or unclear")
+            effect += f" (rank correlation {rho:+.2f}, {len(sub)} trials)"
+        else:
+            means = sub.groupby(sub[k].map(_fmt))[col].agg(["mean", "count"])
+            means = means.sort_values("mean", ascending=not better_high)
+            top, rest = means.index[0], means.iloc[1:]
+            if rest.empty:  # nothing to compare: an importance would only echo the knobs it depends on
+                effect = f"only {top} was tried"
+                importance = {**importance, k: None}
+            else:
+                gap = abs(means["mean"].iloc[0] - rest["mean"].iloc[-1])
+                others = ", ".join(f"{v}: {m:.3f} (n={int(n)})" for v, (m, n) in rest.iterrows())
+                effect = (f"{'flat' if gap < 0.01 else f'best at {top}, up to {gap:.3f} worse elsewhere'}; "
+                          f"mean {top}: {means['mean'].iloc[0]:.3f} (n={int(means['count'].iloc[0])}), {others}")
+        rows.append({"knob": k, "importance": importance.get(k), f"effect on {info['metric']}": effect,
+                     "best value": _fmt(best[k]) if pd.notna(best[k]) else "n/a (not used by the best trial)"})
+    out = pd.DataFrame(rows)
+    return out.sort_values("importance", ascending=False, na_position="last") if not out.empty else out
+
+
+def _curves_plot(board: pd.DataFrame, hist: dict, info: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for _, t in board.head(MAX_CURVES).iterrows():
+        h = hist.get(t["trial_id"])
+        if h is None:
+            continue
+        for ax, key in zip(axes, ("val_acc", "val_loss", "train_loss")):
+            if key in h:
+                ax.plot(h["epoch"], h[key], marker="o", label=t["trial_id"])
+    for ax, key in zip(axes, ("val accuracy", "val loss", "train loss")):
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _asha_plot(table: pd.DataFrame, hist: dict, info: dict, rungs: list[int]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = {"completed": "tab:green", "stopped": "tab:orange"}
+    for _, t in table.iterrows():
+        h = hist.get(t["trial_id"])
+        if h is None or info["metric"] not in h:
+            continue
+        c = colors.get(t["status"], "tab:red")
+        ax.plot(h["epoch"], h[info["metric"]], color=c, alpha=0.7)
+        if t["status"] == "stopped":
+            ax.plot(h["epoch"].iloc[-1], h[info["metric"]].iloc[-1], "x", color=c, markersize=9)
+    for r in rungs:
+        ax.axvline(r, color="grey", linestyle=":", linewidth=1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch (dotted: ASHA rungs; x: stopped there)")
+    ax.set_ylabel(info["metric"])
+    ax.set_title("every trial; green completed, orange stopped by ASHA, red failed")
+    return _png(fig)
+
+
+def _scatter_plots(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
+    import matplotlib.pyplot as plt
+
+    col = f"best_{info['metric']}"
+    knobs = [k for k in knobs if k in table][:4]
+    if not knobs or col not in table:
+        return ""
+    fig, axes = plt.subplots(1, len(knobs), figsize=(3.4 * len(knobs), 3), squeeze=False)
+    for ax, k in zip(axes[0], knobs):
+        sub = table[table[k].notna() & table[col].notna()]
+        x = sub[k] if pd.api.types.is_numeric_dtype(sub[k]) else sub[k].astype(str)
+        ax.scatter(x, sub[col], alpha=0.8)
+        if k in ("lr", "weight_decay"):
+            ax.set_xscale("log")
+        ax.set_xlabel(k)
+        ax.set_ylabel(info["metric"])
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _parallel_plot(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
+    """One line per trial across every knob (categorical values at evenly spaced levels),
+    coloured by the objective: where good trials pass, the knob matters."""
+    import matplotlib.pyplot as plt
+
+    col = f"best_{info['metric']}"
+    done = table[table[col].notna()] if col in table else table.iloc[0:0]
+    knobs = [k for k in knobs if k in done]
+    if len(knobs) < 2 or done.empty:
+        return ""
+    levels: dict[str, dict] = {}
+    axes_values = []
+    for k in knobs:
+        v = done[k]
+        if pd.api.types.is_numeric_dtype(v) and v.nunique() > 4:
+            lo, hi = v.min(), v.max()
+            logv = k in ("lr", "weight_decay") and lo > 0
+            f = (lambda x, lo=lo, hi=hi, logv=logv: float("nan") if pd.isna(x) else
+                 ((math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo) or 1) if logv else (x - lo) / ((hi - lo) or 1)))
+            axes_values.append(v.map(f))
+        else:
+            names = sorted({_fmt(x) for x in v if pd.notna(x)})
+            levels[k] = {n: i / max(1, len(names) - 1) for i, n in enumerate(names)}
+            axes_values.append(v.map(lambda x, k=k: float("nan") if pd.isna(x) else levels[k][_fmt(x)]))
+    frame = pd.concat(axes_values, axis=1)
+    score = done[col]
+    norm = (score - score.min()) / ((score.max() - score.min()) or 1)
+    fig, ax = plt.subplots(figsize=(1.6 * len(knobs) + 2, 3.6))
+    cmap = plt.get_cmap("viridis")
+    for i in score.sort_values(ascending=info["mode"] == "min").index[::-1]:
+        ax.plot(range(len(knobs)), frame.loc[i].values, color=cmap(norm[i] if info["mode"] == "max" else 1 - norm[i]),
+                alpha=0.8, marker="o", markersize=3)
+    for j, k in enumerate(knobs):
+        for name, y in levels.get(k, {}).items():
+            ax.annotate(name, (j, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set_xticks(range(len(knobs)), knobs)
+    ax.set_yticks([])
+    ax.set_title(f"parallel coordinates: yellow = best {info['metric']}, purple = worst")
+    return _png(fig)
+
+
+def _confusion_plot(cm, classes: list[str], title: str) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    side = 1.2 + 0.5 * len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, m, fmt, name in ((axes[0], cm, "{:.0f}", "counts"), (axes[1], norm, "{:.2f}", "row-normalised")):
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title}: {name}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
+    """The best trial's checkpoint on the validation split: confusion matrix, per-class scores,
+    and its most confidently wrong images (path, true, predicted, confidence)."""
+    import torch
+
+    from trainables import checkpoint, data, metrics
+    from trainables.train_loop import evaluate
+
+    model, meta = checkpoint.load(best["checkpoint"])
+    items = data.read_split(info["split_file"], ("val",))
+    x, y = data.load_images(info["data_root"], items, meta["class_names"], meta["image_size"])
+    out = evaluate(model, meta, x, y, with_confusion=True)
+    out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
+    conf, pred = checkpoint.predict(model, meta, x).max(1)
+    wrong = [i for i in conf.argsort(descending=True).tolist() if pred[i] != y[i]][:WRONG_SHOWN]
+    out["wrong"] = [(Path(info["data_root"]) / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
+                     float(conf[i])) for i in wrong]
+    return out
+
+
+def _wrong_grid(wrong: list) -> str:
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    if not wrong:
+        return "<p>No validation image was misclassified.</p>"
+    cols = min(6, len(wrong))
+    rows = (len(wrong) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (path, true, pred, conf) in zip(axes.flat, wrong):
+        with Image.open(path) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(f"true {true}\npred {pred} {conf:.0%}", fontsize=8)
+    fig.suptitle("most confidently wrong validation images")
+    return _png(fig)
+
+
+def asha_rungs(info: dict, spec) -> list[int]:
+    s = spec.search.scheduler if spec else None
+    grace, rf, max_t = (s.grace_period, s.reduction_factor, info["max_epochs"]) if s else (1, 3, info["max_epochs"])
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(int(r))
+        r *= rf
+    return rungs
+
+
+def build(results_dir: str | Path) -> Path:
+    from search import space as space_mod
+    from trainables import metrics
+
+    results_dir = Path(results_dir).resolve()
+    info = results.read_search_info(results_dir)
+    table = results.trials_table(results_dir)
+    board = results.leaderboard(table, info)
+    hist = histories(results_dir)
+    data_summary = json.loads((results_dir / "data.json").read_text())
+    space_text = (results_dir / "space.yaml").read_text()
+    try:
+        spec = space_mod.load(results_dir / "space.yaml")
+    except space_mod.SpaceError:
+        spec = None
+    col = f"best_{info['metric']}"
+    rungs = asha_rungs(info, spec)
+    epochs_run = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
+    full = len(table) * info["max_epochs"]
+    wall = sum(float(h["time_total_s"].max()) for h in hist.values() if "time_total_s" in h)
+    counts = data_summary["counts"]
+    classes = data_summary["classes"]
+
+    parts = [f"<h1>Search report: {html.escape(info['name'])}</h1>",
+             "<h2 id='summary'>1. Data, space and budget</h2>",
+             f"<p>Data: {html.escape(data_summary['root'])}: {data_summary['images']} images, {len(classes)} classes, "
+             f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {info['metric']} ({info['mode']}).</p>",
+             _table(pd.DataFrame({"class": classes, **{s: [counts[s][c] for c in classes] for s in counts}})),
+             f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
+             f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
+             f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
+             f"{wall / 60:.1f} min. Trials ASHA stopped were told to Optuna as complete with their last score.</p>",
+             f"<details><summary>search space</summary><pre>{html.escape(space_text)}</pre></details>",
+             "<h2 id='leaderboard'>2. Leaderboard</h2>",
+             _table(board[[c for c in ["trial_id", "status", "epochs_run", col, "best_epoch", *info["knobs"], "error"]
+                           if c in board]])]
+    parts += ["<h2 id='curves'>3. Learning curves and ASHA</h2>", _curves_plot(board, hist, info),
+              _asha_plot(table, hist, info, rungs)]
+    imp = importances(table, info)
+    eff = effects(table, info, imp)
+    parts += ["<h2 id='knobs'>4. Which knobs mattered</h2>",
+              f"<p>Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
+              "trials with a result (rough with few trials); effect: how the objective moves with the knob.</p>",
+              _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
+              _parallel_plot(table, info, info["knobs"]),
+              _scatter_plots(table, info, list(eff["knob"]) if not eff.empty else [])]
+    if col in board and board[col].notna().any():
+        best = board.iloc[0]
+        val = best_on_val(results_dir, best, info)
+        parts += [f"<h2 id='best'>5. The best trial: {best['trial_id']}</h2>",
+                  f"<p>Validation accuracy {val['val_acc']:.4f}, macro F1 {val['val_macro_f1']:.4f}, "
+                  f"worst-class recall {val['val_min_recall']:.4f}.</p>",
+                  _confusion_plot(val["confusion"], classes, "validation"), _table(pd.DataFrame(val["per_class"])),
+                  _wrong_grid(val["wrong"])]
+    test_file = results_dir / "retrained" / "test_metrics.json"
+    parts.append("<h2 id='test'>6. Held-out test split</h2>")
+    if test_file.is_file():
+        t = json.loads(test_file.read_text())
+        n = t["test_images"]
+        low, high = t.get("test_acc_ci95") or metrics.wilson_interval(round(t["test_acc"] * n), n)
+        parts += [f"<p>Retrained on train+val, tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
+                  f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>"]
+        if "confusion" in t:
+            parts += [_confusion_plot(t["confusion"], classes, "test"), _table(pd.DataFrame(t["test_per_class"]))]
+    else:
+        parts.append(f"<p>Not tested yet: run <code>python -m analysis.retrain {html.escape(str(results_dir))}</code>"
+                     " and build this report again.</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+             "table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+             "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(info['name'])}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    out = results_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def main(argv=None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
+    args = p.parse_args(argv)
+    try:
+        out = build(args.results_dir)
+    except results.ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
