@@ -137,6 +137,7 @@ def _curves_plot(board: pd.DataFrame, hist: dict, info: dict) -> str:
     for ax, key in zip(axes, ("val accuracy", "val loss", "train loss")):
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=7)
     return _png(fig)
 

@@ -76,6 +76,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     correct = int(torch.tensor(test["confusion"]).diag().sum())
     low, high = metrics.wilson_interval(correct, len(test_items))
     export_diff = checkpoint.export(model, meta, model_dir, x[:32])
+    onnx_diff = checkpoint.export_onnx(model, meta, model_dir, x[:32])
     report = {
         "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
         f"search_best_{metric}": float(best[f"best_{metric}"]),
@@ -83,6 +84,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
         "test_per_class": metrics.per_class(torch.tensor(test["confusion"]), meta["class_names"]),
         "model_dir": str(model_dir),
         "exported": str(model_dir / checkpoint.EXPORTED), "export_max_logit_diff": export_diff,
+        "onnx_max_logit_diff": onnx_diff,
         "retrain_seconds": round(time.time() - started, 1),
     }
     (out / TEST_FILE).write_text(json.dumps(report, indent=2))

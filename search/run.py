@@ -225,7 +225,8 @@ def main(argv=None) -> int:
 
     try:
         spec, name, index = prepare(args)
-        check_results_dir(args, name)  # before Ray starts
+        if not args.dry_run:
+            check_results_dir(args, name)  # before Ray starts
         if args.mlflow:
             import importlib.util
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import subprocess
 import time
 
 import optuna
@@ -96,3 +98,10 @@ def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
     order = re.findall(r"<td>([0-9a-f]{8})</td>", page[page.index("id='leaderboard'"):page.index("id='curves'")])
     assert order == list(board["trial_id"])
     assert "95% Wilson interval" in page
+    chromium = shutil.which("chromium")
+    if chromium:  # where Debian's Chromium is installed: the page renders from disk, plots included
+        shot = tmp_path / "report.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,4000",
+                        f"--screenshot={shot}", (exp / "report.html").as_uri()], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 100_000  # a blank page is a few kB

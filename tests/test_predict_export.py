@@ -1,6 +1,7 @@
 """A trained model predicts new images from the command line, and its exported program agrees."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from analysis import predict
@@ -53,3 +54,12 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
     lines = capsys.readouterr().out.splitlines()
     right = sum(line.split(": ")[1].split()[0] == it.label for line, it in zip(lines, test))
     assert right / len(test) > 0.6, lines
+
+
+def test_onnx_export_when_installed(folder, tmp_path):
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)  # optional: pip install -e ".[onnx]"
+    model, meta = checkpoint.load(trained_model(folder, tmp_path))
+    x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
+    assert checkpoint.export_onnx(model, meta, tmp_path / "model", x) < 1e-3
+    assert (tmp_path / "model" / "model.onnx").stat().st_size > 1000

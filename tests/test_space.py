@@ -121,6 +121,7 @@ def test_cli_missing_data_folder_and_too_few_classes(tmp_path):
 
 
 def test_cli_dry_run_prints_space_and_data(tmp_path, folder):
-    r = run_cli(str(ROOT / "spaces" / "finetune.yaml"), "--data", str(folder), "--dry-run")
+    r = run_cli(str(ROOT / "spaces" / "finetune.yaml"), "--data", str(folder), "--dry-run", "--storage",
+                str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr
     assert "60 images, 3 classes" in r.stdout and "resolved space:" in r.stdout and "efficientnet_lite0" in r.stdout

@@ -79,3 +79,27 @@ def export(model: nn.Module, meta: dict, directory: str | Path, x_uint8: torch.T
     if diff > 1e-4:
         raise RuntimeError(f"exported model {path} differs from the model by {diff:g} in its logits")
     return diff
+
+
+@torch.no_grad()
+def export_onnx(model: nn.Module, meta: dict, directory: str | Path, x_uint8: torch.Tensor) -> float | None:
+    """Also save `model.onnx` when the optional `onnx`, `onnxscript` and `onnxruntime` packages are
+    installed; return the largest logit difference onnxruntime gives against the eager model
+    (raising if they disagree), or None when the packages are absent."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
+        return None
+    import onnxruntime
+
+    model.eval()
+    x = normalize(x_uint8, meta)
+    path = Path(directory) / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    diff = float((got - model(x)).abs().max())
+    if diff > 1e-3:
+        raise RuntimeError(f"ONNX export {path} differs from the model by {diff:g} in its logits")
+    return diff
