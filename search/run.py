@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="continue the interrupted search in STORAGE/NAME: finished trials are kept, unfinished ones "
                         "continue from their last checkpoint, the sampler keeps its history")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
-                   "(e.g. file:///path/mlruns; needs `pip install mlflow`)")
+                   "(e.g. sqlite:///mlflow.db; needs `pip install mlflow`)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
     p.add_argument("--verbose", action="store_true", help="also show Ray's and the workers' own logs")
     return p.parse_args(argv)

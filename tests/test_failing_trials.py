@@ -74,7 +74,7 @@ def test_mlflow_logs_each_trial(ray_cluster, tmp_path):
     pytest.importorskip("mlflow")  # an optional extra: pip install -e ".[mlflow]"
     import mlflow
 
-    uri = f"file://{tmp_path / 'mlruns'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a local store; MLflow 3 retired plain ./mlruns folders
     space_file = write_space(tmp_path / "ml.yaml", (
         "data: {source: animal-mnist, limit_per_class: 6}\n"
         "search: {num_samples: 2, max_concurrent_trials: 1}\n"
