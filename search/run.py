@@ -140,8 +140,8 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
     return exp_dir, state
 
 
-def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
-    """Run the Tuner on a validated space and prepared data; return the results folder, and whether
+def run_search(args, spec, name: str, index):
+    """Run the Tuner on a validated space and prepared data; return the trials table, and whether
     the search was interrupted (Ctrl-C) before all its trials ran."""
     import ray
 
@@ -193,10 +193,10 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
     except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
         pass
     elapsed = time.time() - started
-    after = results.search_state(exp_dir)
-    budget = spec.search.time_budget_s
-    interrupted = bool(after and after["unfinished"] and not (budget and elapsed >= 0.98 * budget))
     table, csv_path = results.write_trials_csv(exp_dir)
+    finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
+    budget = spec.search.time_budget_s
+    interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
     try:
         results.write_optuna_db(exp_dir, table)
     except Exception as e:  # a convenience copy: never worth failing a finished search for
@@ -214,9 +214,9 @@ def run_search(args, spec, name: str, index) -> tuple[Path, bool]:
           f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}\n"
           f"        python -m analysis.report {exp_dir}")
     if interrupted:
-        print(f"\n{after['finished']} of {after['num_samples']} trials finished; continue the search with:\n"
+        print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
-    return exp_dir, interrupted
+    return table, interrupted
 
 
 def main(argv=None) -> int:
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         return 0
     owns_ray = start_ray(args.address, args.verbose)
     try:
-        exp_dir, interrupted = run_search(args, spec, name, index)
+        table, interrupted = run_search(args, spec, name, index)
     except space_mod.SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -252,9 +252,6 @@ def main(argv=None) -> int:
             ray.shutdown()
     if interrupted:
         return EXIT_INTERRUPTED
-    from analysis.results import trials_table
-
-    table = trials_table(exp_dir)
     if not table.empty and table["status"].isin(["error", "diverged"]).all():
         print(f"error: every trial failed; most common reason: {table['error'].mode().iloc[0]}", file=sys.stderr)
         return 1

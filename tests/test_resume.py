@@ -104,6 +104,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
         for pid in _strays(proc.pid):
             os.kill(pid, signal.SIGKILL)
     out = "".join(lines)
-    assert "search interrupted" in out and f"--name ctrlc --resume" in out
+    assert "search interrupted" in out and "--name ctrlc --resume" in out
     trials = pd.read_csv(tmp_path / "res" / "ctrlc" / "trials.csv")  # the results so far are written
     assert "unfinished" in set(trials["status"])
