@@ -287,6 +287,11 @@ def _wrong_grid(wrong: list) -> str:
     return _png(fig)
 
 
+def _gpu_hours(spec, trial_seconds: float) -> str:
+    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker if spec else 0
+    return f", {gpus * trial_seconds / 3600:.2f} GPU-hours" if gpus else ""
+
+
 def asha_rungs(info: dict, spec) -> list[int]:
     s = spec.search.scheduler if spec else None
     grace, rf, max_t = (s.grace_period, s.reduction_factor, info["max_epochs"]) if s else (1, 3, info["max_epochs"])
@@ -328,7 +333,8 @@ def build(results_dir: str | Path) -> Path:
              f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
              f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
              f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
-             f"{wall / 60:.1f} min. Trials ASHA stopped were told to Optuna as complete with their last score.</p>",
+             f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as complete "
+             "with their last score.</p>",
              f"<details><summary>search space</summary><pre>{html.escape(space_text)}</pre></details>",
              "<h2 id='leaderboard'>2. Leaderboard</h2>",
              _table(board[[c for c in ["trial_id", "status", "epochs_run", col, "best_epoch", *info["knobs"], "error"]
