@@ -259,9 +259,9 @@ def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
     model, meta = checkpoint.load(best["checkpoint"])
     items = data.read_split(info["split_file"], ("val",))
     x, y = data.load_images(info["data_root"], items, meta["class_names"], meta["image_size"])
-    out = evaluate(model, meta, x, y, with_confusion=True)
+    out = evaluate(model, meta, x, y, with_confusion=True, with_probs=True)
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
-    conf, pred = checkpoint.predict(model, meta, x).max(1)
+    conf, pred = out.pop("probs").max(1)
     wrong = [i for i in conf.argsort(descending=True).tolist() if pred[i] != y[i]][:WRONG_SHOWN]
     out["wrong"] = [(Path(info["data_root"]) / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
                      float(conf[i])) for i in wrong]

@@ -46,13 +46,18 @@ def classify_failure(text: str, config: dict) -> tuple[str, str]:
     return "error", f"{inner[-1].group(1)}: {inner[-1].group(2)}"[:300]
 
 
+def classify_error_file(path: str | Path | None, config: dict) -> tuple[str, str]:
+    """classify_failure on a trial's error.txt, if there is one."""
+    if not path or not Path(path).is_file():
+        return "error", "error (no traceback file)"
+    return classify_failure(Path(path).read_text(errors="replace"), config)
+
+
 def _failure(trial) -> tuple[str, str, str]:
     """(status, reason, traceback path) of a trial Tune marked ERROR."""
     path = Path(trial.path) / "error.txt"  # trial.error_file needs a live Ray session
-    if not path.is_file():
-        return "error", "error (no traceback file)", ""
-    status, reason = classify_failure(path.read_text(errors="replace"), trial.config)
-    return status, reason, str(path)
+    status, reason = classify_error_file(path, trial.config)
+    return status, reason, str(path) if path.is_file() else ""
 
 
 def search_state(results_dir: str | Path) -> dict | None:
@@ -65,8 +70,7 @@ def search_state(results_dir: str | Path) -> dict | None:
     info = read_search_info(results_dir)
     trials = tune.ExperimentAnalysis(str(results_dir)).trials
     finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-    return {"finished": finished, "num_samples": info["num_samples"],
-            "unfinished": finished < min(len(trials), info["num_samples"]) or len(trials) < info["num_samples"]}
+    return {"finished": finished, "num_samples": info["num_samples"], "unfinished": finished < info["num_samples"]}
 
 
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
@@ -130,13 +134,17 @@ def write_trials_csv(results_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     return table, out
 
 
-def best_trial(results_dir: str | Path) -> pd.Series:
-    info = read_search_info(results_dir)
+def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
+    """The leaderboard restricted to trials that reported the objective, best first (never empty)."""
     board = leaderboard(trials_table(results_dir), info)
     col = f"best_{info['metric']}"
     if board.empty or col not in board or board[col].isna().all():
         raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
-    return board.iloc[0]
+    return board[board[col].notna()]
+
+
+def best_trial(results_dir: str | Path) -> pd.Series:
+    return ranked_with_results(results_dir, read_search_info(results_dir)).iloc[0]
 
 
 def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:

@@ -23,16 +23,14 @@ TEST_FILE = "test_metrics.json"
 RESEED = 1000  # --top k reruns each candidate with seed + RESEED: a second, independent draw
 
 
-def pick_best(results_dir: Path, top: int, info: dict) -> pd.Series:
-    """The best of the top `top` trials, judged on two draws: the search's own score and a rerun
-    on train with another seed, both on val. One lucky run no longer decides alone."""
+def pick_best(board: pd.DataFrame, info: dict) -> pd.Series:
+    """The best of the leaderboard's trials `board`, judged on two draws: the search's own score and
+    a rerun on train with another seed, both on val. One lucky run no longer decides alone."""
     from trainables.train_loop import LocalSession, fit
 
     col = f"best_{info['metric']}"
-    board = results.leaderboard(results.trials_table(results_dir), info)
-    board = board[board[col].notna()].head(top)
     if len(board) <= 1:
-        return results.best_trial(results_dir)
+        return board.iloc[0]
     scores = []
     for _, t in board.iterrows():
         config = json.loads((Path(t["trial_dir"]) / "params.json").read_text())
@@ -57,7 +55,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     results_dir = Path(results_dir).resolve()
     info = results.read_search_info(results_dir)
     metric = info["metric"]
-    best = pick_best(results_dir, top, info) if top > 1 else results.best_trial(results_dir)
+    best = pick_best(results.ranked_with_results(results_dir, info).head(top), info)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     config["epochs"] = int(epochs or best["best_epoch"])
     out = Path(out) if out else results_dir / "retrained"
@@ -73,15 +71,15 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     test_items = data.read_split(run["split_file"], ("test",))
     x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"])
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
-    correct = int(torch.tensor(test["confusion"]).diag().sum())
-    low, high = metrics.wilson_interval(correct, len(test_items))
+    confusion = torch.tensor(test["confusion"])
+    low, high = metrics.wilson_interval(int(confusion.diag().sum()), len(test_items))
     export_diff = checkpoint.export(model, meta, model_dir, x[:32])
     onnx_diff = checkpoint.export_onnx(model, meta, model_dir, x[:32])
     report = {
         "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
         f"search_best_{metric}": float(best[f"best_{metric}"]),
         "test_images": len(test_items), **test, "test_acc_ci95": [low, high],
-        "test_per_class": metrics.per_class(torch.tensor(test["confusion"]), meta["class_names"]),
+        "test_per_class": metrics.per_class(confusion, meta["class_names"]),
         "model_dir": str(model_dir),
         "exported": str(model_dir / checkpoint.EXPORTED), "export_max_logit_diff": export_diff,
         "onnx_max_logit_diff": onnx_diff,

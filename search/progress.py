@@ -5,7 +5,6 @@ new output engine, so progress is a `tune.Callback`.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -45,13 +44,9 @@ class ProgressPrinter(Callback):
         self._say(f"trial {trial.trial_id} {how} ({self.done}/{self.num_samples} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from analysis.results import classify_failure
+        from analysis.results import classify_error_file
 
         self.done += 1
-        path = trial.error_file
-        status, reason = "error", "see the traceback"
-        if path and os.path.isfile(path):
-            with open(path, errors="replace") as f:
-                status, reason = classify_failure(f.read(), trial.config)
+        status, reason = classify_error_file(trial.error_file, trial.config)
         self._say(f"trial {trial.trial_id} {'DIVERGED' if status == 'diverged' else 'FAILED'}: {reason} "
                   f"({self.done}/{self.num_samples} done; the search goes on)")

@@ -63,6 +63,17 @@ def predict(model: nn.Module, meta: dict, x_uint8: torch.Tensor, batch_size: int
     return torch.cat(out)
 
 
+def _any_batch():
+    return ({0: torch.export.Dim("batch", min=1, max=65536)},)
+
+
+def _check_same_logits(exported: torch.Tensor, model: nn.Module, x: torch.Tensor, path: Path, tol: float) -> float:
+    diff = float((exported - model(x)).abs().max())
+    if diff > tol:
+        raise RuntimeError(f"exported model {path} differs from the model by {diff:g} in its logits")
+    return diff
+
+
 @torch.no_grad()
 def export(model: nn.Module, meta: dict, directory: str | Path, x_uint8: torch.Tensor) -> float:
     """Save the model as a `torch.export` program (any batch size) next to its weights, loadable
@@ -72,13 +83,9 @@ def export(model: nn.Module, meta: dict, directory: str | Path, x_uint8: torch.T
     torch.export, not TorchScript: `torch.jit` is deprecated in the PyTorch this project uses."""
     model.eval()
     x = normalize(x_uint8, meta)
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
     path = Path(directory) / EXPORTED
-    torch.export.save(program, path)
-    diff = float((torch.export.load(path).module()(x) - model(x)).abs().max())
-    if diff > 1e-4:
-        raise RuntimeError(f"exported model {path} differs from the model by {diff:g} in its logits")
-    return diff
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=_any_batch()), path)
+    return _check_same_logits(torch.export.load(path).module()(x), model, x, path, 1e-4)
 
 
 @torch.no_grad()
@@ -96,10 +103,7 @@ def export_onnx(model: nn.Module, meta: dict, directory: str | Path, x_uint8: to
     x = normalize(x_uint8, meta)
     path = Path(directory) / "model.onnx"
     torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+                      dynamic_shapes=_any_batch())
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    diff = float((got - model(x)).abs().max())
-    if diff > 1e-3:
-        raise RuntimeError(f"ONNX export {path} differs from the model by {diff:g} in its logits")
-    return diff
+    return _check_same_logits(got, model, x, path, 1e-3)

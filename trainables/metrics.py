@@ -9,18 +9,23 @@ def confusion(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: int) -> t
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str = "val_") -> dict:
-    """Accuracy, macro F1, each class's recall and the worst class's recall."""
+def _scores(cm: torch.Tensor):
+    """Per-class precision, recall, F1 and support (a class never predicted or absent scores 0)."""
     cm = cm.double()
-    tp = cm.diag()
-    support, predicted = cm.sum(1), cm.sum(0)
+    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
                      torch.zeros_like(tp))
+    return precision, recall, f1, support
+
+
+def from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str = "val_") -> dict:
+    """Accuracy, macro F1, each class's recall and the worst class's recall."""
+    _, recall, f1, support = _scores(cm)
     present = support > 0
     out = {
-        f"{prefix}acc": float(tp.sum() / cm.sum().clamp(min=1)),
+        f"{prefix}acc": float(cm.diag().sum() / cm.sum().clamp(min=1)),
         f"{prefix}macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         f"{prefix}min_recall": float(recall[present].min()) if present.any() else 0.0,
     }
@@ -30,15 +35,9 @@ def from_confusion(cm: torch.Tensor, class_names: list[str], prefix: str = "val_
 
 def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict]:
     """Precision, recall, F1 and support of each class: rows of the report's per-class table."""
-    cm = cm.double()
-    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-    rows = []
-    for i, c in enumerate(class_names):
-        p = float(tp[i] / predicted[i]) if predicted[i] > 0 else 0.0
-        r = float(tp[i] / support[i]) if support[i] > 0 else 0.0
-        rows.append({"class": c, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-                     "support": int(support[i])})
-    return rows
+    precision, recall, f1, support = _scores(cm)
+    return [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for c, p, r, f, n in zip(class_names, precision, recall, f1, support)]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

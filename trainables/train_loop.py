@@ -177,21 +177,26 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
 
 @torch.no_grad()
 def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefix: str = "val_",
-             with_confusion: bool = False) -> dict:
-    """Loss and classification metrics of `model` on uint8 images x with labels y (and, if asked,
-    the confusion matrix as nested lists under 'confusion')."""
+             with_confusion: bool = False, with_probs: bool = False) -> dict:
+    """Loss and classification metrics of `model` on uint8 images x with labels y; if asked, also
+    the confusion matrix as nested lists ('confusion') and the class probabilities ('probs')."""
     model.eval()
     k = meta["num_classes"]
     cm = torch.zeros((k, k), dtype=torch.long, device=device)
     loss = torch.zeros((), device=device)
+    probs = []
     for i in range(0, len(x), batch_size):
         xb = checkpoint.normalize(x[i:i + batch_size].to(device), meta)
         yb = y[i:i + batch_size].to(device)
         logits = model(xb)
         loss += F.cross_entropy(logits, yb, reduction="sum")
         cm += metrics.confusion(yb, logits.argmax(1), k)
+        if with_probs:
+            probs.append(logits.softmax(-1).cpu())
     out = {f"{prefix}loss": float(loss) / max(1, len(x))}
     out.update(metrics.from_confusion(cm.cpu(), meta["class_names"], prefix))
     if with_confusion:
         out["confusion"] = cm.cpu().tolist()
+    if with_probs:
+        out["probs"] = torch.cat(probs) if probs else torch.zeros((0, k))
     return out
