@@ -15,6 +15,7 @@ from pathlib import Path
 
 from search import space as space_mod
 from trainables import data
+from trainables.params import TrialParams
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
@@ -56,6 +57,7 @@ def prepare(args) -> tuple:
     name = args.name or spec.name or Path(args.space).stem
     d = spec.data
     index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir)
+    space_mod.check_classes(args.space, spec, index.classes)
     return spec, name, index
 
 
@@ -169,8 +171,10 @@ def run_search(args, spec, name: str, index):
         "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
         "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
         "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
+        "cache_dir": str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
         **spec.resources.model_dump(),
     }
+    warm_cache(spec, info, context["cache_dir"])
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.search.num_samples} trials, up to {n} at a time, each {demand}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
@@ -217,6 +221,21 @@ def run_search(args, spec, name: str, index):
         print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
     return table, interrupted
+
+
+def warm_cache(spec, info: dict, cache_dir: str) -> None:
+    """Decode the train and val images once per image size the space can pick, before any trial.
+
+    Trials then only map the cache; an image size from an int range is decoded by the first
+    trial that draws it (the others wait for it)."""
+    knob = spec.knobs.get("image_size")
+    if knob is not None and knob.kind not in ("const", "choice"):
+        return
+    sizes = knob.values() if knob is not None else [TrialParams().image_size]
+    for split_name in ("train", "val"):
+        items = data.read_split(info["split_file"], (split_name,))
+        for size in sorted(set(sizes)):
+            data.load_images(info["data_root"], items, info["class_names"], int(size), cache_dir, stream=sys.stdout)
 
 
 def main(argv=None) -> int:

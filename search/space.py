@@ -87,6 +87,9 @@ class ResourcesSpec(_Strict):
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0, description="fractions share a GPU, e.g. 0.25")
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker for augmentation; 0 = in the "
+                                                     "training process")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU trials)")
 
 
 class CheckpointSpec(_Strict):
@@ -127,6 +130,7 @@ class SpaceFile(_Strict):
 
 
 _DIST_KEYS = {"choice", "int", "float"}
+MAPPING_KNOBS = ("class_multipliers",)  # a bare mapping is their constant value, not a search entry
 _ENTRY_KEYS = _DIST_KEYS | {"log", "step", "when"}
 
 
@@ -175,7 +179,7 @@ def _format(path: Path, err: ValidationError) -> SpaceError:
 
 def _parse_knob(path: Path, name: str, raw: Any) -> Knob:
     key = f"space.{name}"
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or (name in MAPPING_KNOBS and not set(raw) & _ENTRY_KEYS):
         return Knob(kind="const", value=raw)
     unknown = set(raw) - _ENTRY_KEYS
     if unknown:
@@ -341,28 +345,53 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
                             f"{err.errors()[0]['msg']} (got {v!r})") from None
 
 
-CNN_ONLY = ("cnn_blocks", "cnn_width")
+# knob -> (the knob it depends on, the values of that knob where it has an effect)
+APPLIES_WHEN = {
+    **{n: ("model", ["cnn"]) for n in KNOBS if n.startswith("cnn_")},
+    "momentum": ("optimizer", ["sgd"]), "nesterov": ("optimizer", ["sgd"]),
+    "step_size": ("lr_schedule", ["step"]), "gamma": ("lr_schedule", ["step"]),
+    "plateau_factor": ("lr_schedule", ["plateau"]), "plateau_patience": ("lr_schedule", ["plateau"]),
+    "min_lr": ("lr_schedule", ["cosine", "plateau"]),
+}
+PRETRAINED_ONLY = ("unfreeze", "head_epochs", "unfreeze_every")
 
 
 def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
     """A knob set for a model it can never affect is a mistake; one searched where it sometimes
     does not apply needs a `when:` so that TPE does not learn from values that changed nothing."""
     k = spec.knobs
-    for name in CNN_ONLY:
+    for name, (dep, where) in APPLIES_WHEN.items():
         if name not in k:
             continue
-        if "cnn" not in models_:
-            raise _fail(path, f"space.{name}", f"applies to model 'cnn' only, but model can only be {models_}")
-        if k[name].kind != "const" and set(models_) != {"cnn"} and set(k[name].when.get("model", models_)) != {"cnn"}:
-            raise _fail(path, f"space.{name}", "is searched but applies to model 'cnn' only: add when: {model: cnn}")
-    if "unfreeze" in k:
+        can = models_ if dep == "model" else (k[dep].values() if dep in k else [TrialParams.model_fields[dep].default])
+        if not set(can) & set(where):
+            raise _fail(path, f"space.{name}", f"applies to {dep} {' or '.join(map(repr, where))} only, but {dep} "
+                                               f"can only be {can}")
+        if k[name].kind != "const" and not set(can) <= set(where) and not set(k[name].when.get(dep, can)) <= set(where):
+            raise _fail(path, f"space.{name}", f"is searched but applies to {dep} {' or '.join(map(repr, where))} "
+                                               f"only: add when: {{{dep}: {where[0] if len(where) == 1 else where}}}")
+    for name in PRETRAINED_ONLY:
+        if name not in k:
+            continue
         pre = k["pretrained"].values() if "pretrained" in k else [False]
         if all(v is False for v in pre):
-            raise _fail(path, "space.unfreeze", "applies to pretrained models only (with pretrained: false every "
-                                                "layer trains); set pretrained or drop unfreeze")
-        if k["unfreeze"].kind != "const" and False in pre and "pretrained" not in k["unfreeze"].when:
-            raise _fail(path, "space.unfreeze", "is searched but applies only when pretrained: add "
-                                                "when: {pretrained: true}")
+            raise _fail(path, f"space.{name}", "applies to pretrained models only (with pretrained: false every "
+                                               f"layer trains from the start); set pretrained or drop {name}")
+        if k[name].kind != "const" and False in pre and "pretrained" not in k[name].when:
+            raise _fail(path, f"space.{name}", "is searched but applies only when pretrained: add "
+                                               "when: {pretrained: true}")
+
+
+def check_classes(path: str | Path, spec: SpaceFile, classes: list[str]) -> None:
+    """`class_multipliers` must name classes the data has; known only once the data is scanned."""
+    from trainables.params import TrialParams as P
+
+    knob = spec.knobs.get("class_multipliers")
+    for value in knob.values() if knob else []:
+        for name in P.model_validate({"class_multipliers": value}).class_multipliers:
+            if name not in classes:
+                raise _fail(Path(path), "space.class_multipliers", f"unknown class {name!r}; "
+                                                                   f"{_did_you_mean(name, classes)}classes: {classes}")
 
 
 def describe(spec: SpaceFile) -> str:

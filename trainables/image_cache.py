@@ -1,0 +1,96 @@
+"""Decode each image once per (file list, image size), for every trial and every later search.
+
+A search trains the same images in dozens of trials, each for several epochs. Decoding and
+resizing a JPEG costs far more than the model's step on a small image, so the decoded pixels
+go into one uint8 `.npy` file (N×3×S×S) that every trial memory-maps: all trials on a node
+share it through the page cache, and a second search on the same data finds it again.
+
+The file's name is a hash of the image list (path, byte size, mtime) and the size, so editing,
+adding or removing an image gives a new file; nothing stale is ever read. It is written to a
+temporary name and renamed, under a lock, so concurrent trials build it once and a crash never
+leaves a half-written cache.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 1  # bump when the decoding (resize filter, alpha handling) changes
+
+
+def cache_key(root: Path, paths: list[str], image_size: int) -> str:
+    """Hash of what the pixels depend on: which files, their bytes (size + mtime) and the size."""
+    h = hashlib.sha1()
+    h.update(json.dumps([CACHE_VERSION, str(root), int(image_size)]).encode())
+    for p in paths:
+        st = os.stat(root / p)
+        h.update(f"\n{p}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def cache_path(cache_dir: Path, root: Path, paths: list[str], image_size: int) -> Path:
+    return Path(cache_dir) / "decoded" / f"{cache_key(root, paths, image_size)}-{len(paths)}x{image_size}.npy"
+
+
+def _progress(label: str, done: int, total: int, started: float, stream) -> None:
+    if stream is not None:
+        print(f"\r  {label}: {done}/{total} images ({time.time() - started:.0f}s)", end="", file=stream, flush=True)
+
+
+def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: int | None = None,
+          stream=None) -> None:
+    """Decode and resize `paths` in parallel into `dest`; an image that fails stops the build, by name.
+
+    Corrupt images were already dropped when the folder was scanned; one failing here changed
+    since, and silently skipping it would shift every label after it.
+    """
+    from trainables.data import DataError, open_rgb
+
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size))
+
+    def one(i: int) -> None:
+        try:
+            out[i] = np.asarray(open_rgb(root / paths[i], image_size)).transpose(2, 0, 1)
+        except Exception as e:  # PIL raises many types; all mean this file cannot be used
+            raise DataError(f"{root / paths[i]}: cannot decode image while building the cache "
+                            f"({type(e).__name__}: {e}); fix or remove it and rerun") from None
+
+    label = f"decoding {len(paths)} images at {image_size} px into {dest.parent}"
+    started, step = time.time(), max(1, len(paths) // 20)
+    try:
+        with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+            for done, _ in enumerate(pool.map(one, range(len(paths))), 1):  # PIL decodes without the GIL
+                if done % step == 0 or done == len(paths):
+                    _progress(label, done, len(paths), started, stream)
+        out.flush()
+        os.replace(tmp, dest)
+    finally:
+        if stream is not None:
+            print(file=stream, flush=True)
+        tmp.unlink(missing_ok=True)
+
+
+def open_or_build(root: str | Path, paths: list[str], image_size: int, cache_dir: str | Path,
+                  stream=sys.stderr) -> np.ndarray:
+    """The decoded images of `paths` (in that order), memory-mapped, built if missing.
+
+    Mapped copy-on-write: torch can wrap it without a copy, and pages stay shared between the
+    trials of a node because nothing writes to them."""
+    root = Path(root)
+    dest = cache_path(Path(cache_dir), root, paths, image_size)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial waits for the first one's build
+            if not dest.exists():
+                build(root, paths, image_size, dest, stream=stream)
+    return np.load(dest, mmap_mode="c")
