@@ -68,7 +68,10 @@ def cached_epoch(batches) -> float:
 
 
 def _normalise(xb: torch.Tensor) -> torch.Tensor:
-    return (xb.float() / 255 - 0.5) / 0.5
+    """The train loop's own normalisation, the same on both sides."""
+    from trainables.checkpoint import normalize
+
+    return normalize(xb, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
 
 
 def main(argv=None) -> int:

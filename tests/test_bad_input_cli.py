@@ -9,14 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 from tests.conftest import ROOT
+from trainables.params import KNOBS
 
 ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("search: {num_sample: 3}\n",
      "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, num_samples, "
      "max_concurrent_trials, time_budget_s, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
-    ("space: {learning_rate: 0.1}\n",
-     "space.learning_rate: unknown knob; did you mean 'lr'? knobs: model, pretrained, lr, weight_decay, "
-     "batch_size, image_size, epochs, unfreeze, cnn_blocks, cnn_width, dropout, seed"),
+    ("space: {learning_rate: 0.1}\n", f"space.learning_rate: unknown knob; did you mean 'lr'? knobs: {', '.join(KNOBS)}"),
     ("search: {num_samples: many}\n",
      "search.num_samples: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
     ("search: {metric: val_accuracy}\n",
@@ -35,8 +34,19 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("space:\n  model: {choice: [cnn, resnet18]}\n  cnn_blocks: {int: [1, 4]}\n",
      "space.cnn_blocks: is searched but applies to model 'cnn' only: add when: {model: cnn}"),
     ("space: {model: resnet18, unfreeze: 2}\n",
-     "space.unfreeze: applies to pretrained models only (with pretrained: false every layer trains); "
-     "set pretrained or drop unfreeze"),
+     "space.unfreeze: applies to pretrained models only (with pretrained: false every layer trains from the "
+     "start); set pretrained or drop unfreeze"),
+    ("space: {momentum: 0.5}\n", "space.momentum: applies to optimizer 'sgd' only, but optimizer can only be ['adam']"),
+    ("space:\n  lr_schedule: {choice: [constant, step]}\n  step_size: {int: [2, 5]}\n",
+     "space.step_size: is searched but applies to lr_schedule 'step' only: add when: {lr_schedule: step}"),
+    ("space: {head_hidden: '512,abc'}\n",
+     "space.head_hidden: Value error, head_hidden must be layer widths such as 256, '512,256' or [512, 256] "
+     "(got '512,abc')"),
+    ("space: {activation: tanh}\n", "space.activation: Input should be 'relu', 'swish', 'silu', 'gelu', 'leaky_relu' "
+     "or 'sigmoid' (got 'tanh')"),
+    ("space: {class_multipliers: {kat: 2.0}}\n",
+     "space.class_multipliers: unknown class 'kat'; did you mean 'cat'? classes: ['bear', 'bird', 'cat', 'cow', "
+     "'dog', 'elephant', 'giraffe', 'horse', 'sheep', 'zebra']"),
     ("space: {model: resnet18, pretrained: /no/such.pth}\n",
      "space.pretrained: weights file '/no/such.pth' does not exist; pretrained is true, false or a weights file"),
     ("search: {num_samples: 0}\n", "search.num_samples: Input should be greater than or equal to 1 (got 0)"),

@@ -49,10 +49,13 @@ def load_train_state(directory: str | Path) -> dict | None:
 
 
 def normalize(x_uint8: torch.Tensor, meta: dict) -> torch.Tensor:
-    """uint8 N×3×S×S → float input normalised the way the model was trained."""
+    """uint8 N×3×S×S → float input normalised the way the model was trained.
+
+    (x/255 − mean)/std as one multiply and one subtract, both in place on the new float
+    tensor: three out-of-place ops cost more than the rest of a cached data pipeline."""
     mean = torch.tensor(meta["mean"], device=x_uint8.device).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=x_uint8.device).view(1, 3, 1, 1)
-    return (x_uint8.float() / 255.0 - mean) / std
+    return x_uint8.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
 @torch.no_grad()

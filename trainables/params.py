@@ -106,7 +106,7 @@ class TrialParams(BaseModel):
             try:
                 return [int(p) for p in parts]
             except ValueError:
-                raise ValueError(f"head_hidden must be layer widths such as '512,256', got {v!r}") from None
+                raise ValueError("head_hidden must be layer widths such as 256, '512,256' or [512, 256]") from None
         return v
 
     @field_validator("head_hidden")
@@ -131,7 +131,7 @@ class TrialParams(BaseModel):
                 except ValueError:
                     sep = ""
                 if not sep:
-                    raise ValueError(f"class_multipliers must look like 'cat=2.0,dog=1.5', got {v!r}")
+                    raise ValueError("class_multipliers must look like {cat: 2.0} or 'cat=2.0,dog=1.5'")
             return out
         return v
 

@@ -255,6 +255,7 @@ class Batches:
 
     def __init__(self, x, y, params: TrialParams, classes: list[str], device, workers: int = 0):
         self.x, self.y, self.device, self.workers = x, y, device, int(workers)
+        self.array = x.numpy()  # numpy's gather from a memory map is several times faster than torch indexing
         self.batch_size = params.batch_size
         self.transform = augment.train_transform(params)
         self.weights = imbalance.sample_weights(params, y, classes)
@@ -283,8 +284,9 @@ class Batches:
 
     def epoch(self):
         if self.transform is None:
-            for idx in self.chunks():
-                xb, yb = self.x[idx], self.y[idx]
+            for idx in self.chunks():  # sorted: a batch is a set, and the memory map reads forward
+                idx = idx.sort().values
+                xb, yb = torch.from_numpy(self.array[idx.numpy()]), self.y[idx]
                 if self.pin:
                     xb, yb = xb.pin_memory(), yb.pin_memory()
                 yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
