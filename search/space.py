@@ -229,12 +229,10 @@ def _check_knob(path: Path, name: str, knob: Knob, earlier: list[str]) -> Knob:
         if dep not in earlier:
             raise _fail(path, f"{key}.when.{dep}", f"'when' must name a knob listed above {name!r} in the space; "
                                                    f"earlier knobs: {earlier or 'none'}")
-    adapter = TypeAdapter(TrialParams.model_fields[name].annotation)
 
     def conv(v):
         try:
-            TrialParams.model_validate({name: v})
-            out = adapter.validate_python(v)
+            out = getattr(TrialParams.model_validate({name: v}), name)
         except ValidationError as err:
             raise _fail(path, key, f"{err.errors()[0]['msg']} (got {v!r})") from None
         if name == "pretrained" and isinstance(out, str) and not Path(out).expanduser().is_file():
@@ -251,11 +249,22 @@ def _check_knob(path: Path, name: str, knob: Knob, earlier: list[str]) -> Knob:
     if knob.kind == "const":
         knob.value = conv(knob.value)
     elif knob.kind == "choice":
-        knob.choices = [conv(v) for v in knob.choices]
+        knob.choices = [_choice_value(path, key, v, conv(v)) for v in knob.choices]
     else:
         conv(int(knob.low) if knob.kind == "int" else knob.low)
         conv(int(knob.high) if knob.kind == "int" else knob.high)
     return knob
+
+
+def _choice_value(path: Path, key: str, raw: Any, value: Any) -> Any:
+    """Optuna samples plain values only: a list or mapping knob is searched in its string form,
+    kept as written and parsed by the trial ('512,256', 'cat=2.0')."""
+    if not isinstance(value, (list, dict)):
+        return value
+    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+        return raw
+    raise _fail(path, key, f"choice values must be plain values; write {raw!r} as a string, e.g. '512,256' for "
+                           "head_hidden or 'cat=2.0' for class_multipliers")
 
 
 def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
@@ -337,12 +346,21 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
             if name not in k or k[name].kind == "const":
                 raise _fail(path, f"search.points_to_evaluate[{i}].{name}",
                             f"not a searched knob; searched: {[n for n, kb in k.items() if kb.kind != 'const']}")
+            where = f"search.points_to_evaluate[{i}].{name}"
             try:
-                TrialParams.model_validate({name: v})
-                point[name] = TypeAdapter(TrialParams.model_fields[name].annotation).validate_python(v)
+                value = getattr(TrialParams.model_validate({name: v}), name)
             except ValidationError as err:
-                raise _fail(path, f"search.points_to_evaluate[{i}].{name}",
-                            f"{err.errors()[0]['msg']} (got {v!r})") from None
+                raise _fail(path, where, f"{err.errors()[0]['msg']} (got {v!r})") from None
+            kb = k[name]
+            if kb.kind == "choice":
+                match = [c for c in kb.choices if c == v or c == value]
+                if not match:
+                    raise _fail(path, where, f"{v!r} is not one of the knob's choices {kb.choices}")
+                point[name] = match[0]
+            elif not kb.low <= value <= kb.high:
+                raise _fail(path, where, f"{v!r} is outside the knob's range [{kb.low:g}, {kb.high:g}]")
+            else:
+                point[name] = value
 
 
 # knob -> (the knob it depends on, the values of that knob where it has an effect)
@@ -370,6 +388,14 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
         if k[name].kind != "const" and not set(can) <= set(where) and not set(k[name].when.get(dep, can)) <= set(where):
             raise _fail(path, f"space.{name}", f"is searched but applies to {dep} {' or '.join(map(repr, where))} "
                                                f"only: add when: {{{dep}: {where[0] if len(where) == 1 else where}}}")
+    hidden = k["head_hidden"].values() if "head_hidden" in k else [[]]
+    for name in ("head_batchnorm", "head_dropout"):
+        if name in k and all(not TrialParams.model_validate({"head_hidden": h}).head_hidden for h in hidden):
+            raise _fail(path, f"space.{name}", "acts on the head's hidden layers, but head_hidden gives none; "
+                                               "set head_hidden (e.g. [256]) or drop " + name)
+    mom, nest = k.get("momentum"), k.get("nesterov")
+    if nest is not None and True in nest.values() and mom is not None and all(m == 0 for m in mom.values()):
+        raise _fail(path, "space.nesterov", "Nesterov momentum needs momentum > 0, but momentum is 0")
     for name in PRETRAINED_ONLY:
         if name not in k:
             continue

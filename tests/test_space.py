@@ -125,3 +125,28 @@ def test_cli_dry_run_prints_space_and_data(tmp_path, folder):
                 str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr
     assert "60 images, 3 classes" in r.stdout and "resolved space:" in r.stdout and "efficientnet_lite0" in r.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    ("space: {head_hidden: {choice: [[512, 256], [256]]}}\n",
+     "space.head_hidden: choice values must be plain values; write [512, 256] as a string, e.g. '512,256' "
+     "for head_hidden or 'cat=2.0' for class_multipliers"),
+    ("space: {head_batchnorm: true}\n", "space.head_batchnorm: acts on the head's hidden layers, but head_hidden "
+                                        "gives none; set head_hidden (e.g. [256]) or drop head_batchnorm"),
+    ("space: {optimizer: sgd, momentum: 0.0, nesterov: true}\n",
+     "space.nesterov: Nesterov momentum needs momentum > 0, but momentum is 0"),
+    ("search: {points_to_evaluate: [{batch_size: 48}]}\nspace: {batch_size: {choice: [16, 32]}}\n",
+     "search.points_to_evaluate[0].batch_size: 48 is not one of the knob's choices [16, 32]"),
+    ("search: {points_to_evaluate: [{lr: 0.5}]}\nspace: {lr: {float: [1.0e-4, 1.0e-1]}}\n",
+     "search.points_to_evaluate[0].lr: 0.5 is outside the knob's range [0.0001, 0.1]"),
+])
+def test_knob_value_rules(tmp_path, text, message):
+    assert error_of(tmp_path, text).endswith(message)
+
+
+def test_list_and_mapping_knobs_search_in_string_form(tmp_path):
+    spec = load_text(tmp_path, "space:\n  head_hidden: {choice: ['512,256', 256, none]}\n"
+                               "  class_multipliers: {choice: ['cat=2.0', 'none']}\n  model: cnn\n")
+    assert spec.knobs["head_hidden"].choices == ["512,256", 256, "none"]  # as written: Optuna wants plain values
+    const = load_text(tmp_path, "space: {head_hidden: [512, 256], class_multipliers: {cat: 2.0}}\n")
+    assert const.knobs["head_hidden"].value == [512, 256] and const.knobs["class_multipliers"].value == {"cat": 2.0}

@@ -41,8 +41,13 @@ def cache_path(cache_dir: Path, root: Path, paths: list[str], image_size: int) -
 
 
 def _progress(label: str, done: int, total: int, started: float, stream) -> None:
-    if stream is not None:
-        print(f"\r  {label}: {done}/{total} images ({time.time() - started:.0f}s)", end="", file=stream, flush=True)
+    """A live counter on a terminal; in a log file, one line when the build is done."""
+    if stream is None:
+        return
+    tty = getattr(stream, "isatty", lambda: False)()
+    if tty or done == total:
+        print(f"{chr(13) if tty else ''}  {label}: {done}/{total} images ({time.time() - started:.1f}s)",
+              end="" if tty else "\n", file=stream, flush=True)
 
 
 def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: int | None = None,
@@ -74,7 +79,7 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
         out.flush()
         os.replace(tmp, dest)
     finally:
-        if stream is not None:
+        if stream is not None and getattr(stream, "isatty", lambda: False)():
             print(file=stream, flush=True)
         tmp.unlink(missing_ok=True)
 

@@ -1,0 +1,25 @@
+"""Each bench/ script runs in --quick mode and ends with its `ratio=X goal...` line.
+
+Only that they work is checked here, not how fast: figures belong to the scripts' full runs."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("script, goal", [
+    ("data.py", r"goal>=3"),
+    ("throughput.py", r"goal>=0\.9"),
+    ("asha.py", r"goal<=0\.33"),
+])
+def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"ratio=(\d+\.\d+|inf) {goal}", last), last
