@@ -16,7 +16,7 @@ comes within 0.5 points of the random full-budget best with at most 1/3 of its t
 The last line is the worst seed's epoch ratio, `ratio=<asha epochs / random epochs> goal<=0.33`,
 or `ratio=inf` for a seed where TPE + ASHA missed the accuracy bar.
 
-    python bench/asha.py            # 3 seeds, 12 trials each, up to 9 epochs: about 15 minutes here
+    python bench/asha.py            # 3 seeds, 16 trials each, up to 16 epochs: about 20 minutes here
     python bench/asha.py --quick    # 1 seed, 3 trials, 2 epochs
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ name: asha-bench
 data: {{source: animal-mnist, limit_per_class: {per_class}}}
 search:
   num_samples: {trials}
-  scheduler: {{max_t: {max_t}, grace_period: 1, reduction_factor: 3}}
+  scheduler: {{max_t: {max_t}, grace_period: 1, reduction_factor: {rf}}}
 space:
   model: cnn
   image_size: 28
@@ -121,9 +121,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, 3 trials of at most 2 epochs, 30 images per class")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="sampler seeds (default 0 1 2)")
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--max-t", type=int, default=9, help="epochs of a full trial (ASHA rungs at 1, 3, 9)")
-    ap.add_argument("--per-class", type=int, default=200, help="images per class before the split")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--max-t", type=int, default=16, help="epochs of a full trial (default 16: ASHA rungs at 1, 4, 16)")
+    ap.add_argument("--reduction-factor", type=int, default=4, help="ASHA keeps the top 1/this at each rung")
+    ap.add_argument("--per-class", type=int, default=300, help="images per class before the split (default 300: "
+                    "2100 train, 450 val)")
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     trials, max_t, per_class = (3, 2, 30) if args.quick else (args.trials, args.max_t, args.per_class)
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "space.yaml").write_text(SPACE.format(per_class=per_class, trials=trials, max_t=max_t))
+        (tmp / "space.yaml").write_text(SPACE.format(per_class=per_class, trials=trials, max_t=max_t,
+                                                     rf=args.reduction_factor))
         spec = space_mod.load(tmp / "space.yaml")
         index = data.prepare("animal-mnist", spec.data.split.model_dump(exclude={"seed"}), 0, per_class)
         data.save_split(index, tmp / "split.csv")

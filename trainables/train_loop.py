@@ -141,8 +141,9 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
         state = checkpoint.load_train_state(restored)
         if state:
             opt.load_state_dict(state["optimizer"])
-            lr_schedule.load_state_dict(state.get("schedule", {}))
-            stopper.load_state_dict(state.get("early_stop", {}))
+            if "schedule" in state:  # checkpoints from before the schedules have none
+                lr_schedule.load_state_dict(state["schedule"])
+                stopper.load_state_dict(state["early_stop"])
             start = state["epoch"] + 1
     device = session.device
     if device.type == "cuda":  # convolutions run fastest on NHWC tensor cores
