@@ -109,12 +109,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=200, help="training images per class (default 200 → 1400 train)")
+    ap.add_argument("--cpus", type=float, default=None, help="CPUs (= torch threads) of each side; default 1 on a "
+                    "CPU machine, as a search's `cpus_per_worker: 1`, and 8 with a GPU")
     args = ap.parse_args(argv)
     import torch
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
-    cpus = float(min(8, os.cpu_count() or 1)) if gpu else float(os.cpu_count() or 1)
+    cpus = args.cpus or (float(min(8, os.cpu_count() or 1)) if gpu else 1.0)
     knobs = {"model": args.model, "pretrained": args.pretrained, "image_size": args.image_size,
              "batch_size": args.batch_size, "epochs": args.epochs, "lr": 1e-3}
     if args.quick:

@@ -133,7 +133,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     backbone_params, head_params = models.param_groups(model)
     opt = schedule.make_optimizer(params, backbone_params, head_params)
     lr_schedule = schedule.EpochSchedule(params, opt)
-    stopper = EarlyStop(params.early_stop_patience)
+    stopper = EarlyStop(params.early_stop_patience if val_split else 0)  # a retrain runs its chosen epochs
     start = 1
     restored = session.restored_dir()
     if restored:
