@@ -110,10 +110,12 @@ def start_ray(address: str | None, verbose: bool):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no banner; progress is ours
     import ray
 
+    from search import ray_settings
     from search.tuner import DRIVER_TOKEN
 
     if ray.is_initialized():
         return False
+    ray_settings.apply_env(local=not address)
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
     if not verbose:  # a failed trial's traceback goes to its error.txt; the console gets one line per trial
         import logging
@@ -122,7 +124,8 @@ def start_ray(address: str | None, verbose: bool):
     if address:
         ray.init(address=address, **kwargs)
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
-        ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs)
+        ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
+                 **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))
     return True
 
 

@@ -5,17 +5,80 @@ own TorchTrainer, and `TuneReportCallback` forwards each worker report (rank 0's
 a `checkpoint_path`) to Tune. The Train run is named after the Tune trial id, under a fixed
 absolute storage path, so that Train restores from its own checkpoints when Tune retries or
 resumes the trial.
+
+The trial actor only drives the run: it never imports the train loop's module (torchvision,
+timm, the data code), which only the Train workers need. `bench/overhead.py` measures the
+per-trial cost of this function with `fit_trainer` and a trivial loop.
 """
 from __future__ import annotations
 
+import time
+from typing import Callable
+
+
+def train_loop(config: dict) -> None:
+    """Entry point of each Train worker; imports the loop there, not in the trial actor."""
+    from trainables.train_loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
 
 def run_trial(config: dict) -> None:
-    import ray.train
-    from ray import tune
+    fit_trainer(train_loop, config)
+
+
+def _lean_trainer_cls():
     from ray.train.torch import TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        """A TorchTrainer without Train's Ray Data plumbing when the run has no Ray Datasets.
+
+        Train always adds a `DatasetsCallback`, which starts a `DatasetManager` actor (one more
+        Python process importing Ray Data, about 1.5 CPU-s) in every run, used or not. Ours
+        never pass `datasets`, so it is dropped; with datasets the callbacks are untouched."""
+
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if type(c).__name__ != "DatasetsCallback"]
+
+    return LeanTorchTrainer
+
+
+def _tune_report_callback():
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainables.train_loop import train_loop_per_worker
+    class HandOverTuneReportCallback(TuneReportCallback):
+        """TuneReportCallback whose `after_report` returns once the Tune trial took the report.
+
+        Ray 2.60 race: the stock callback returns as soon as the report is in the trial's queue.
+        If the Train run then ends and this trial function returns before Tune fetched that
+        last report, the trial's Tune session deadlocks (its main thread blocks for good in
+        `Queue.put` of `_TrainSession._report_training_result`, since the function's final
+        result already fills the one-slot result queue): the trial hangs, holding its driver
+        token. Ray's 2 s default controller poll mostly hides it; the 0.2 s poll of
+        `search.ray_settings` hit it on the first trial of a run. Waiting here, in the Train
+        controller, keeps the run from ending until Tune has the report."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            super().after_report(run_context, metrics, checkpoint)
+            queue = getattr(self, "_training_actor_item_queue", None)
+            try:
+                while queue is not None and not queue.empty():
+                    time.sleep(0.02)
+            except Exception:  # the trial actor, owner of the queue, is gone: nobody to wait for
+                pass
+
+    return HandOverTuneReportCallback()
+
+
+def fit_trainer(loop: Callable[[dict], None], config: dict) -> None:
+    """Fit one TorchTrainer running `loop(config)` on each worker, reporting to this Tune trial."""
+    import ray.train
+    from ray import tune
+
+    TorchTrainer = _lean_trainer_cls()
 
     run = config["run"]
     gpus = run.get("gpus_per_worker", 0)
@@ -24,7 +87,7 @@ def run_trial(config: dict) -> None:
         per_worker["GPU"] = gpus
     trial_id = tune.get_context().get_trial_id()
     TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.get("workers_per_trial", 1), use_gpu=bool(gpus), resources_per_worker=per_worker
@@ -38,7 +101,7 @@ def run_trial(config: dict) -> None:
                 checkpoint_score_order=run["mode"],
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.get("max_failures", 0)),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_tune_report_callback()],
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     ).fit()
