@@ -32,9 +32,19 @@ def ray_cluster():
     Per module, not per session, so that the multi-node test runs with no other cluster up."""
     import ray
 
-    ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False)
+    from search import ray_settings
+
+    ray_settings.apply_env()
+    extra = ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1")
+    ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False, **extra)
+    # the tests' own State API calls find this cluster too, even with other Ray instances on the machine
+    api = extra.get("runtime_env", {}).get("env_vars", {}).get("RAY_API_SERVER_ADDRESS")
+    if api:
+        os.environ["RAY_API_SERVER_ADDRESS"] = api
     yield
     ray.shutdown()
+    if api:
+        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
 def make_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> Path:
