@@ -57,9 +57,10 @@ def _tune_report_callback():
         last report, the trial's Tune session deadlocks (its main thread blocks for good in
         `Queue.put` of `_TrainSession._report_training_result`, since the function's final
         result already fills the one-slot result queue): the trial hangs, holding its driver
-        token. Ray's 2 s default controller poll mostly hides it; the 0.2 s poll of
-        `search.ray_settings` hit it on the first trial of a run. Waiting here, in the Train
-        controller, keeps the run from ending until Tune has the report."""
+        token. Ray's 2 s default controller poll makes it rare, not impossible: it hangs when
+        Tune takes a few seconds to process a result (reproduced with a 6 s Tune callback); the
+        0.2 s poll of `search.ray_settings` hit it on the first trial of a bench run. Waiting
+        here, in the Train controller, keeps the run from ending until Tune has the report."""
 
         def after_report(self, run_context, metrics, checkpoint):
             super().after_report(run_context, metrics, checkpoint)
