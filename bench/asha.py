@@ -50,26 +50,17 @@ space:
 """
 
 
-class TuneSession:
-    """`fit`'s session for a plain Tune function trial: metrics to `tune.report`, no checkpoints."""
+def tune_session():
+    """`fit`'s in-process session, reporting to the Tune trial instead of keeping a history."""
+    from ray import tune
 
-    rank, world_size = 0, 1
+    from trainables.train_loop import LocalSession
 
-    def __init__(self):
-        import torch
+    class TuneSession(LocalSession):
+        def report(self, row: dict, save) -> None:
+            tune.report(row)  # no checkpoints: nothing here resumes or retrains
 
-        self.device = torch.device("cpu")
-
-    def prepare_model(self, model):
-        return model
-
-    def restored_dir(self):
-        return None
-
-    def report(self, row: dict, save) -> None:
-        from ray import tune
-
-        tune.report(row)
+    return TuneSession(device="cpu")
 
 
 def function_trial(config: dict) -> None:
@@ -78,7 +69,7 @@ def function_trial(config: dict) -> None:
     from trainables.train_loop import fit
 
     torch.set_num_threads(1)
-    fit(config, TuneSession())
+    fit(config, tune_session())
 
 
 def run_arm(arm: str, spec, context: dict, seed: int, storage: Path) -> tuple[int, float]:

@@ -1,7 +1,7 @@
 """Ray settings for a search whose every trial fits one Ray Train `TorchTrainer`.
 
 Call `apply_env()` and pass `init_kwargs()` to `ray.init`, both before starting a local
-cluster (as `bench/overhead.py` does; `search.run.start_ray` should do the same). Figures are
+cluster, as `search.run.start_ray`, the tests' cluster fixture and `bench/overhead.py` do. Figures are
 from bench/overhead.py on the 2-core development box; that box is shared (its load swung
 between 1 and 30 while measuring, and Ray runs its workers at nice 15), so they are medians
 of interleaved runs, good to a few seconds.

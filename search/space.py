@@ -396,10 +396,10 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
     mom, nest = k.get("momentum"), k.get("nesterov")
     if nest is not None and True in nest.values() and mom is not None and all(m == 0 for m in mom.values()):
         raise _fail(path, "space.nesterov", "Nesterov momentum needs momentum > 0, but momentum is 0")
+    pre = k["pretrained"].values() if "pretrained" in k else [False]
     for name in PRETRAINED_ONLY:
         if name not in k:
             continue
-        pre = k["pretrained"].values() if "pretrained" in k else [False]
         if all(v is False for v in pre):
             raise _fail(path, f"space.{name}", "applies to pretrained models only (with pretrained: false every "
                                                f"layer trains from the start); set pretrained or drop {name}")
@@ -410,14 +410,14 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
 
 def check_classes(path: str | Path, spec: SpaceFile, classes: list[str]) -> None:
     """`class_multipliers` must name classes the data has; known only once the data is scanned."""
-    from trainables.params import TrialParams as P
+    from trainables.imbalance import check_multiplier_classes
 
     knob = spec.knobs.get("class_multipliers")
     for value in knob.values() if knob else []:
-        for name in P.model_validate({"class_multipliers": value}).class_multipliers:
-            if name not in classes:
-                raise _fail(Path(path), "space.class_multipliers", f"unknown class {name!r}; "
-                                                                   f"{_did_you_mean(name, classes)}classes: {classes}")
+        try:
+            check_multiplier_classes(TrialParams.model_validate({"class_multipliers": value}).class_multipliers, classes)
+        except ValueError as e:
+            raise _fail(Path(path), "space.class_multipliers", str(e).removeprefix("class_multipliers: ")) from None
 
 
 def describe(spec: SpaceFile) -> str:

@@ -45,7 +45,7 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("space: {activation: tanh}\n", "space.activation: Input should be 'relu', 'swish', 'silu', 'gelu', 'leaky_relu' "
      "or 'sigmoid' (got 'tanh')"),
     ("space: {class_multipliers: {kat: 2.0}}\n",
-     "space.class_multipliers: unknown class 'kat'; did you mean 'cat'? classes: ['bear', 'bird', 'cat', 'cow', "
+     "space.class_multipliers: unknown class 'kat' (did you mean 'cat'?); classes: ['bear', 'bird', 'cat', 'cow', "
      "'dog', 'elephant', 'giraffe', 'horse', 'sheep', 'zebra']"),
     ("space: {model: resnet18, pretrained: /no/such.pth}\n",
      "space.pretrained: weights file '/no/such.pth' does not exist; pretrained is true, false or a weights file"),
