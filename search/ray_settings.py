@@ -1,10 +1,10 @@
 """Ray settings for a search whose every trial fits one Ray Train `TorchTrainer`.
 
 Call `apply_env()` and pass `init_kwargs()` to `ray.init`, both before starting a local
-cluster, as `search.run.start_ray`, the tests' cluster fixture and `bench/overhead.py` do. Figures are
-from bench/overhead.py on the 2-core development box; that box is shared (its load swung
-between 1 and 30 while measuring, and Ray runs its workers at nice 15), so they are medians
-of interleaved runs, good to a few seconds.
+cluster or joining one, as `search.run.start_ray`, the tests' cluster fixture and
+`bench/overhead.py` do. Figures are from bench/overhead.py on the 2-core development box; that
+box is shared (its load swung between 1 and 30 while measuring, and Ray runs its workers at
+nice 15), so they are medians of interleaved runs, good to a few seconds.
 
 Where a trial's seconds go, and why no setting gets it near a plain function trial: every
 trial starts six fresh Python processes one after the other (the Tune trial actor, then the
@@ -45,6 +45,8 @@ def apply_env(local: bool = True) -> None:
 def init_kwargs(local: bool = True, dashboard_host: str = "127.0.0.1") -> dict:
     """Extra `ray.init` arguments; `dashboard_host` must be the one given to `ray.init`.
 
+    For a cluster we join (`local=False`): only the Train poll, as the job's runtime_env.
+
     For a local cluster: a free dashboard port picked here, and its address given to every
     worker as RAY_API_SERVER_ADDRESS (a runtime_env with this one variable; the working
     directory and imports are untouched). Not about speed: without it, Train's placement-group
@@ -54,8 +56,14 @@ def init_kwargs(local: bool = True, dashboard_host: str = "127.0.0.1") -> dict:
     on every check: the CPUs are never freed and the next trial waits forever ("The worker
     group startup timed out"); seen with spaces/smoke.yaml on the shared box. With an explicit
     port, `ray.init` fails if the port was taken meanwhile, rather than moving to another."""
-    if not local or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"):
-        return {}  # a cluster we join, or the user says where it is
+    if not local:
+        # The Ray processes of a cluster we join were started by `ray start`, not by this
+        # process, so they do not inherit its environment: the job's runtime_env carries the
+        # Train poll to each trial, whose TorchTrainer passes it on to its controller.
+        poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+        return {"runtime_env": {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll}}}
+    if os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"):
+        return {}  # the user says where the cluster is
     with socket.socket() as s:
         s.bind((dashboard_host, 0))
         port = s.getsockname()[1]

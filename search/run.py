@@ -122,7 +122,7 @@ def start_ray(address: str | None, verbose: bool):
 
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, **kwargs, **ray_settings.init_kwargs(local=False))
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
         ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
                  **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))

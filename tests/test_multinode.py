@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from search import ray_settings
 from tests.conftest import ROOT
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -113,17 +114,24 @@ def two_nodes(tmp_path):
 
 
 def _node_ids(address: str) -> dict[str, str]:
-    """{'head'|'node_b': node id}, read through a short-lived driver."""
-    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
-            "print(json.dumps({('node_b' if 'node_b' in n['Resources'] else 'head'): n['NodeID'] "
-            "for n in ray.nodes() if n['Alive']}))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    """{'head'|'node_b': node id, 'poll_on_b': the Train poll a task on node_b sees}, read through
+    a short-lived driver that joins the cluster as `search.run --address` does."""
+    code = ("import json, os, ray; from search import ray_settings; "
+            "ray.init(address=%r, log_to_driver=False, **ray_settings.init_kwargs(local=False)); "
+            "ids = {('node_b' if 'node_b' in n['Resources'] else 'head'): n['NodeID'] "
+            "for n in ray.nodes() if n['Alive']}; "
+            "env = ray.remote(lambda: os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S')); "
+            "print(json.dumps({**ids, 'poll_on_b': ray.get(env.options(resources={'node_b': 0.01}).remote())}))"
+            % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
     address, groups, ray_tmp = two_nodes
     nodes = _node_ids(address)
+    # the search's Train settings reach processes `ray start` launched, which do not inherit its environment
+    assert nodes.pop("poll_on_b") == ray_settings.HEALTH_CHECK_INTERVAL_S
     assert set(nodes) == {"head", "node_b"}
     exp = tmp_path / "res" / "multi"
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--address", address,
