@@ -414,8 +414,9 @@ def check_classes(path: str | Path, spec: SpaceFile, classes: list[str]) -> None
 
     knob = spec.knobs.get("class_multipliers")
     for value in knob.values() if knob else []:
+        multipliers = TrialParams.model_validate({"class_multipliers": value}).class_multipliers
         try:
-            check_multiplier_classes(TrialParams.model_validate({"class_multipliers": value}).class_multipliers, classes)
+            check_multiplier_classes(multipliers, classes)
         except ValueError as e:
             raise _fail(Path(path), "space.class_multipliers", str(e).removeprefix("class_multipliers: ")) from None
 
