@@ -410,15 +410,14 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
 
 def check_classes(path: str | Path, spec: SpaceFile, classes: list[str]) -> None:
     """`class_multipliers` must name classes the data has; known only once the data is scanned."""
-    from trainables.imbalance import check_multiplier_classes
+    from trainables.imbalance import unknown_multiplier_class
 
     knob = spec.knobs.get("class_multipliers")
     for value in knob.values() if knob else []:
-        multipliers = TrialParams.model_validate({"class_multipliers": value}).class_multipliers
-        try:
-            check_multiplier_classes(multipliers, classes)
-        except ValueError as e:
-            raise _fail(Path(path), "space.class_multipliers", str(e).removeprefix("class_multipliers: ")) from None
+        problem = unknown_multiplier_class(TrialParams.model_validate({"class_multipliers": value}).class_multipliers,
+                                           classes)
+        if problem:
+            raise _fail(Path(path), "space.class_multipliers", problem)
 
 
 def describe(spec: SpaceFile) -> str:

@@ -29,19 +29,22 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts
 
 
-def check_multiplier_classes(multipliers: dict[str, float], class_names: list[str]) -> None:
-    """Every class `class_multipliers` names must exist; the space loader calls this too, once the
-    data is scanned, so a typo stops the search before any trial."""
+def unknown_multiplier_class(multipliers: dict[str, float], class_names: list[str]) -> str | None:
+    """What is wrong when `class_multipliers` names a class the data lacks, else None. The space
+    loader asks too, once the data is scanned, so a typo stops the search before any trial."""
     for name in multipliers:
         if name not in class_names:
             close = difflib.get_close_matches(name, class_names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"class_multipliers: unknown class {name!r}{hint}; classes: {list(class_names)}")
+            return f"unknown class {name!r}{hint}; classes: {list(class_names)}"
+    return None
 
 
 def _multipliers(p: TrialParams, class_names: list[str]) -> torch.Tensor:
     """The per-class factors of `class_multipliers`, 1 for classes it does not name."""
-    check_multiplier_classes(p.class_multipliers, class_names)
+    problem = unknown_multiplier_class(p.class_multipliers, class_names)
+    if problem:
+        raise ValueError(f"class_multipliers: {problem}")
     out = torch.ones(len(class_names))
     for name, factor in p.class_multipliers.items():
         out[class_names.index(name)] = factor
