@@ -60,6 +60,16 @@ def _failure(trial) -> tuple[str, str, str]:
     return status, reason, str(path) if path.is_file() else ""
 
 
+def _checkpoint_of(row: pd.Series, trial_dir: str) -> str:
+    """The checkpoint folder of one report: a Ray Train run's `checkpoint_path`, or the Tune
+    trial's own `checkpoint_dir_name` inside its trial folder (trials in a reused Tune actor)."""
+    path = row.get("checkpoint_path")
+    if isinstance(path, str) and path:
+        return path
+    name = row.get("checkpoint_dir_name")
+    return str(Path(trial_dir) / name) if isinstance(name, str) and name else ""
+
+
 def search_state(results_dir: str | Path) -> dict | None:
     """None if no search ran here; else how many trials finished and whether any is left to run."""
     results_dir = Path(results_dir)
@@ -107,7 +117,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
-                checkpoint=df.loc[best_i].get("checkpoint_path", ""),
+                checkpoint=_checkpoint_of(df.loc[best_i], t.path),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")
         row.update(knobs)

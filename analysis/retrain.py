@@ -26,7 +26,8 @@ RESEED = 1000  # --top k reruns each candidate with seed + RESEED: a second, ind
 def pick_best(board: pd.DataFrame, info: dict) -> pd.Series:
     """The best of the leaderboard's trials `board`, judged on two draws: the search's own score and
     a rerun on train with another seed, both on val. One lucky run no longer decides alone."""
-    from trainables.train_loop import LocalSession, fit
+    from trainables.sessions import LocalSession
+    from trainables.train_loop import fit
 
     col = f"best_{info['metric']}"
     if len(board) <= 1:
@@ -50,7 +51,8 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     import torch
 
     from trainables import checkpoint, data, metrics
-    from trainables.train_loop import LocalSession, evaluate, fit
+    from trainables.sessions import LocalSession
+    from trainables.train_loop import evaluate, fit
 
     results_dir = Path(results_dir).resolve()
     info = results.read_search_info(results_dir)

@@ -54,7 +54,7 @@ def tune_session():
     """`fit`'s in-process session, reporting to the Tune trial instead of keeping a history."""
     from ray import tune
 
-    from trainables.train_loop import LocalSession
+    from trainables.sessions import LocalSession
 
     class TuneSession(LocalSession):
         def report(self, row: dict, save) -> None:

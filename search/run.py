@@ -166,7 +166,7 @@ def run_search(args, spec, name: str, index):
         if not args.address:  # nothing will ever add resources to the local cluster
             raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
         print(f"warning: {need} now; trials wait until the cluster's autoscaler adds nodes", flush=True)
-    if cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
+    if tuner_mod.uses_ray_train(spec) and cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
         raise space_mod.SpaceError(f"the Ray cluster has no '{tuner_mod.DRIVER_TOKEN}' resource for trial drivers; "
                                    f"start its head with --resources='{{\"{tuner_mod.DRIVER_TOKEN}\": 8}}'")
     n = tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
@@ -191,7 +191,7 @@ def run_search(args, spec, name: str, index):
     if args.resume:
         print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
               "continue from their last checkpoint", flush=True)
-        tuner = tuner_mod.restore(exp_dir)
+        tuner = tuner_mod.restore(exp_dir, spec)
     else:
         tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=callbacks)
     started = time.time()

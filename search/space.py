@@ -90,6 +90,8 @@ class ResourcesSpec(_Strict):
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker for augmentation; 0 = in the "
                                                      "training process")
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU trials)")
+    use_ray_train: bool = Field(False, description="run single-worker trials as a Ray Train TorchTrainer too, as "
+                                                   "multi-worker trials always run (~18 s more per trial)")
 
 
 class CheckpointSpec(_Strict):

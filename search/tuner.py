@@ -1,10 +1,15 @@
-"""Build the Ray Tune `Tuner`: Optuna TPE (seeded, define-by-run) + ASHA, one TorchTrainer per trial.
+"""Build the Ray Tune `Tuner`: Optuna TPE (seeded, define-by-run) + ASHA.
 
-Ray 2.60 rules this follows (details in ../shared/notes/ray-2.60.md):
+A trial runs in one of two runtimes (see trainables/driver.py): single-worker trials train in
+their own Tune actor, reused from trial to trial, holding the worker's CPUs/GPUs and retried
+by Tune's FailureConfig; multi-worker trials (or `resources.use_ray_train`) fit a TorchTrainer,
+whose Tune actor holds only a `trial_driver` token (so drivers never starve their own Train
+workers) and whose retries are Train's.
+
+Ray 2.60 rules this follows:
 - metric/mode go on OptunaSearch and TuneConfig, never on ASHAScheduler;
 - ASHA counts our 1-based `epoch`, not `training_iteration` (which restarts on resume);
-- a trial driver holds a `trial_driver` token, not a CPU, so drivers never starve their own
-  Train workers; concurrency is what the cluster's CPUs/GPUs can hold at once.
+- concurrency is what the cluster's CPUs/GPUs can hold at once.
 """
 from __future__ import annotations
 
@@ -27,11 +32,13 @@ def trial_demand(spec: SpaceFile) -> dict[str, float]:
 def concurrency(spec: SpaceFile, cluster: dict[str, float], autoscaling: bool = False) -> int:
     """How many trials run at once: the YAML's number, or what the cluster can hold ('auto').
 
-    On a cluster still waiting for its autoscaler, 'auto' is bounded by the driver tokens only:
-    the pending trials' resource requests are what makes the autoscaler add nodes."""
+    On a cluster still waiting for its autoscaler, 'auto' is bounded by the driver tokens only
+    (TorchTrainer trials) or not at all: the pending trials' resource requests are what makes
+    the autoscaler add nodes."""
     fits = [] if autoscaling else [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in trial_demand(spec).items()]
-    fits.append(int(cluster.get(DRIVER_TOKEN, 0)))
-    n = min(fits)
+    if uses_ray_train(spec):
+        fits.append(int(cluster.get(DRIVER_TOKEN, 0)))
+    n = min(fits) if fits else spec.search.num_samples
     wanted = spec.search.max_concurrent_trials
     return max(1, min(n, spec.search.num_samples) if wanted == "auto" else wanted)
 
@@ -41,20 +48,27 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trainable():
-    """The trial function with its token resource; Tuner.restore checks that the name matches."""
+def uses_ray_train(spec: SpaceFile) -> bool:
+    return spec.resources.workers_per_trial > 1 or spec.resources.use_ray_train
+
+
+def trainable(spec: SpaceFile):
+    """The trial function with its resources; Tuner.restore checks that the name matches."""
     from ray import tune
 
     from trainables.driver import run_trial
 
-    return tune.with_resources(run_trial, {DRIVER_TOKEN: 1})
+    if uses_ray_train(spec):
+        return tune.with_resources(run_trial, {DRIVER_TOKEN: 1})
+    r = spec.resources
+    return tune.with_resources(run_trial, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker})
 
 
-def restore(exp_dir):
+def restore(exp_dir, spec: SpaceFile):
     """Tune restores the searcher (Optuna's past trials), the scheduler and every trial's state."""
     from ray import tune
 
-    return tune.Tuner.restore(str(exp_dir), trainable=trainable(), resume_unfinished=True, resume_errored=False)
+    return tune.Tuner.restore(str(exp_dir), trainable=trainable(spec), resume_unfinished=True, resume_errored=False)
 
 
 def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurrent: int, callbacks=()):
@@ -79,8 +93,9 @@ def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurren
         grace_period=s.scheduler.grace_period,
         reduction_factor=s.scheduler.reduction_factor,
     )
+    in_actor = not uses_ray_train(spec)
     return tune.Tuner(
-        trainable(),
+        trainable(spec),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
@@ -90,12 +105,17 @@ def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurren
             max_concurrent_trials=max_concurrent,
             time_budget_s=s.time_budget_s,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=in_actor,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
             verbose=0,
             callbacks=list(callbacks),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # a TorchTrainer trial retries inside Train (trainables.driver); not twice
+            failure_config=tune.FailureConfig(max_failures=s.max_failures if in_actor else 0),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=s.metric,
+                checkpoint_score_order=s.mode),
         ),
     )

@@ -6,11 +6,11 @@ import torch
 
 from analysis import predict
 from tests.test_train_loop import config_for
-from trainables import checkpoint, data, train_loop
+from trainables import checkpoint, data, sessions, train_loop
 
 
 def trained_model(folder, tmp_path):
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), train_loop.LocalSession(tmp_path / "model"))
+    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), sessions.LocalSession(tmp_path / "model"))
     return tmp_path / "model"
 
 
@@ -48,7 +48,7 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
               "batch_size": 32, "epochs": 3,
               "run": {"data_root": str(idx.root), "split_file": str(tmp_path / "split.csv"),
                       "class_names": idx.classes}}
-    train_loop.fit(config, train_loop.LocalSession(tmp_path / "model"), train_splits=("train", "val"), val_split=None)
+    train_loop.fit(config, sessions.LocalSession(tmp_path / "model"), train_splits=("train", "val"), val_split=None)
     test = data.read_split(tmp_path / "split.csv", ("test",))
     assert predict.main([str(tmp_path / "model"), *[str(animal_root / it.path) for it in test], "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -19,7 +19,7 @@ import torch
 from search import run as run_cli
 from search import space
 from search.optuna_space import YamlSpace
-from trainables import data, train_loop
+from trainables import data, sessions, train_loop
 from trainables.params import TrialParams
 
 SEEDS = Path(__file__).resolve().parents[1] / "spaces" / "seeds"
@@ -177,7 +177,7 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
         expected["pretrained"] = weights_file(case["weights"])
     assert _parsed(config, expected) == expected
 
-    session = train_loop.LocalSession(device="cpu")
+    session = sessions.LocalSession(device="cpu")
     last = train_loop.fit(config, session)
     epochs = config["epochs"]
     assert [r["epoch"] for r in session.history] == list(range(1, epochs + 1))

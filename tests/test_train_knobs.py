@@ -5,10 +5,10 @@ import torch
 
 from tests.conftest import make_folder
 from tests.test_train_loop import config_for
-from trainables import checkpoint, models, train_loop
+from trainables import checkpoint, models, sessions, train_loop
 
 
-class Snapshots(train_loop.LocalSession):
+class Snapshots(sessions.LocalSession):
     """A LocalSession that keeps the model's weights after every epoch."""
 
     def __init__(self, tmp_path):
@@ -44,11 +44,11 @@ def test_head_stage_then_scheduled_unfreezing_of_the_top_block(folder, tmp_path)
 
 
 def test_step_schedule_and_warmup_reach_the_optimizer(folder, tmp_path):
-    session = train_loop.LocalSession()
+    session = sessions.LocalSession()
     train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=4, lr_schedule="step", step_size=2, gamma=0.5),
                    session)
     assert [round(r["lr"], 6) for r in session.history] == [0.01, 0.01, 0.005, 0.005]
-    session = train_loop.LocalSession()
+    session = sessions.LocalSession()
     train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=2, warmup_epochs=1), session)
     assert [round(r["lr"], 6) for r in session.history] == [0.005, 0.01]
 
@@ -57,7 +57,7 @@ def test_class_weights_change_the_training_loss(tmp_path):
     folder = make_folder(tmp_path / "imb", {"a": 40, "b": 8, "c": 8})
     losses = {}
     for weight in ("none", "balanced", "sampler"):
-        session = train_loop.LocalSession()
+        session = sessions.LocalSession()
         train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=1, class_weight=weight), session)
         losses[weight] = session.history[0]["train_loss"]
     assert len({round(v, 6) for v in losses.values()}) == 3, losses
@@ -65,7 +65,7 @@ def test_class_weights_change_the_training_loss(tmp_path):
 
 def test_augmentation_and_mixup_change_what_is_trained_on(folder, tmp_path):
     def loss(**knobs):
-        session = train_loop.LocalSession()
+        session = sessions.LocalSession()
         train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=1, **knobs), session)
         return session.history[0]["train_loss"]
 
@@ -77,7 +77,7 @@ def test_augmentation_and_mixup_change_what_is_trained_on(folder, tmp_path):
 
 
 def test_early_stopping_ends_a_stalled_trial(folder, tmp_path):
-    session = train_loop.LocalSession()
+    session = sessions.LocalSession()
     train_loop.fit(config_for(folder, tmp_path, lr=1e-12, epochs=6, early_stop_patience=2), session)
     assert [r["epoch"] for r in session.history] == [1, 2, 3]  # val_acc never improves after epoch 1
 
@@ -86,12 +86,12 @@ def test_plateau_state_survives_a_resume(folder, tmp_path):
     """A resumed trial continues the schedule where the checkpoint left it."""
     cfg = config_for(folder, tmp_path, lr=1e-12, epochs=3, lr_schedule="plateau", plateau_patience=0,
                      plateau_factor=0.5)
-    full = train_loop.LocalSession(tmp_path / "ck_full")
+    full = sessions.LocalSession(tmp_path / "ck_full")
     train_loop.fit(cfg, full)
-    first = train_loop.LocalSession(tmp_path / "ck")
+    first = sessions.LocalSession(tmp_path / "ck")
     train_loop.fit({**cfg, "epochs": 2}, first)
 
-    class Resumed(train_loop.LocalSession):
+    class Resumed(sessions.LocalSession):
         def restored_dir(self):
             return tmp_path / "ck"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import checkpoint, data, train_loop
+from trainables import checkpoint, data, sessions, train_loop
 
 
 def config_for(folder, tmp_path, **knobs):
@@ -16,7 +16,7 @@ def config_for(folder, tmp_path, **knobs):
 
 
 def test_fit_reports_fixed_keys_each_epoch_and_saves_a_loadable_model(folder, tmp_path):
-    session = train_loop.LocalSession(checkpoint_dir=tmp_path / "ck")
+    session = sessions.LocalSession(checkpoint_dir=tmp_path / "ck")
     train_loop.fit(config_for(folder, tmp_path, lr=0.01), session)
     assert [r["epoch"] for r in session.history] == [1, 2]
     keys = {"epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "val_min_recall",
@@ -30,11 +30,11 @@ def test_fit_reports_fixed_keys_each_epoch_and_saves_a_loadable_model(folder, tm
 
 
 def test_learning_happens_on_separable_classes(folder, tmp_path):
-    session = train_loop.LocalSession()
+    session = sessions.LocalSession()
     train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), session)
     assert session.history[-1]["val_acc"] > 0.6  # 3 classes by brightness: chance is 1/3
 
 
 def test_diverging_loss_stops_the_trial(folder, tmp_path):
     with pytest.raises(train_loop.TrialDiverged, match="epoch 1"):
-        train_loop.fit(config_for(folder, tmp_path, lr=1e35, epochs=1), train_loop.LocalSession())
+        train_loop.fit(config_for(folder, tmp_path, lr=1e35, epochs=1), sessions.LocalSession())

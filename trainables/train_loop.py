@@ -1,8 +1,8 @@
 """The per-trial train loop: a plain function of a config dict.
 
 `fit(config, session)` trains one model and reports validation metrics and a checkpoint each
-epoch. The session decides where reports go: `RayTrainSession` (inside a Ray Train worker of
-a search trial) or `LocalSession` (the retrain of the best config, in-process). Everything a
+epoch. The session (`trainables.sessions`) decides where reports go: a reused Tune trial actor,
+a Ray Train worker (DDP), or this process (the retrain of the best config). Everything a
 trial needs is in `config`: the knobs (see `trainables.params.TrialParams`) plus `config['run']`,
 the search-wide context (data, split file, metric, storage) that the search puts there.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from trainables import augment, checkpoint, data, imbalance, metrics, models, schedule
 from trainables.params import TrialParams
+from trainables.sessions import RayTrainSession
 
 
 DIVERGENCE_CHECK_STEPS = 20
@@ -36,64 +36,8 @@ def _check_finite(value: float, epoch: int, step: int, params) -> None:
                             f"batch_size={params.batch_size})")
 
 
-class LocalSession:
-    """Runs `fit` in this process: one worker, reports collected in `history`."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, checkpoint_dir: str | Path | None = None, device: str | None = None):
-        self.history: list[dict] = []
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    def prepare_model(self, model):
-        return model.to(self.device)
-
-    def restored_dir(self):
-        return None
-
-    def report(self, row: dict, save) -> None:
-        self.history.append(row)
-        if self.checkpoint_dir is not None:
-            save(self.checkpoint_dir)
-
-
-class RayTrainSession:
-    """Runs `fit` inside a Ray Train worker: `ray.train.report` with a checkpoint every epoch."""
-
-    def __init__(self):
-        import ray
-        import ray.train
-        import ray.train.torch
-
-        self._train = ray.train
-        ctx = ray.train.get_context()
-        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self._prepare = ray.train.torch.prepare_model
-        self.node_id = ray.get_runtime_context().get_node_id()
-
-    def prepare_model(self, model):
-        return self._prepare(model)
-
-    def restored_dir(self):
-        ck = self._train.get_checkpoint()
-        if ck is None:
-            return None
-        return ck.to_directory()
-
-    def report(self, row: dict, save) -> None:
-        row = {**row, "node_id": self.node_id}  # which node trained it: trials move when a node dies
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = None
-            if self.rank == 0:
-                save(tmp)
-                ck = self._train.Checkpoint.from_directory(tmp)
-            self._train.report(row, checkpoint=ck)  # every rank reports; Tune takes rank 0's
-
-
 def train_loop_per_worker(config: dict) -> None:
-    """Entry point of each Ray Train worker of a search trial."""
+    """Entry point of each Ray Train worker of a multi-worker (or `use_ray_train`) trial."""
     cpus = config["run"].get("cpus_per_worker", 1)
     torch.set_num_threads(max(1, int(cpus)))
     fit(config, RayTrainSession())
@@ -109,7 +53,9 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     """Train for params.epochs epochs, reporting after each; return the last report.
 
     Epochs are 1-based and continue from a restored checkpoint, so that ASHA (which counts
-    `epoch`) and the curves stay right when Ray retries or resumes a trial.
+    `epoch`) and the curves stay right when Ray retries or resumes a trial. With several
+    workers each trains on an equal share of every epoch's batches (DDP), and the reported
+    losses and metrics are sums over all workers: every rank reports the same row.
     """
     run = config["run"]
     params = TrialParams.model_validate({k: v for k, v in config.items() if k != "run"})
@@ -121,8 +67,6 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     load = functools.partial(data.load_images, run["data_root"], classes=classes, image_size=params.image_size,
                              cache_dir=run.get("cache_dir"))
     x_train, y_train = load([r for r in rows if r.split in train_splits])
-    if session.world_size > 1:  # each worker trains on its own shard
-        x_train, y_train = x_train[session.rank::session.world_size], y_train[session.rank::session.world_size]
     val = load([r for r in rows if r.split == val_split]) if val_split else None
 
     meta = {
@@ -134,88 +78,120 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     opt = schedule.make_optimizer(params, backbone_params, head_params)
     lr_schedule = schedule.EpochSchedule(params, opt)
     stopper = EarlyStop(params.early_stop_patience if val_split else 0)  # a retrain runs its chosen epochs
-    start = 1
-    restored = session.restored_dir()
-    if restored:
-        model.load_state_dict(torch.load(Path(restored) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True))
-        state = checkpoint.load_train_state(restored)
-        if state:
-            opt.load_state_dict(state["optimizer"])
-            if "schedule" in state:  # checkpoints from before the schedules have none
-                lr_schedule.load_state_dict(state["schedule"])
-                stopper.load_state_dict(state["early_stop"])
-            start = state["epoch"] + 1
+    start = _restore(session, model, opt, lr_schedule, stopper)
     device = session.device
     if device.type == "cuda":  # convolutions run fastest on NHWC tensor cores
         model = model.to(memory_format=torch.channels_last)
+    freezing = Freezing(params, model)
+    freezing.apply(model, start)  # before DDP wraps the model: it fixes the set of trained parameters
     model = session.prepare_model(model)
     step_fn = _compiled(model) if run.get("compile") else model
     amp = params.mixed_precision and device.type == "cuda"
+    normalize = checkpoint.Normalizer(meta, device)
 
     objective, mode = (run.get("metric", "val_acc"), run.get("mode", "max")) if val is not None else ("train_loss", "min")
-    batches = Batches(x_train, y_train, params, classes, device, run.get("loader_workers", 0))
+    batches = Batches(x_train, y_train, params, classes, device, run.get("loader_workers", 0),
+                      shard=(session.rank, session.world_size))
     loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
     loss_weight = loss_weight.to(device) if loss_weight is not None else None
     mix = augment.batch_mix(params, len(classes))
-    grow = params.unfreeze != "all" or params.head_epochs or params.unfreeze_every
-    n_blocks = len(models.backbone_groups(checkpoint.unwrap(model))) if _is_pretrained(params) and grow else 0
-    blocks = None
 
     last: dict = {}
-    for epoch in range(start, params.epochs + 1):
-        if n_blocks:
-            want = schedule.trainable_blocks(params, epoch, n_blocks)
-            if want != blocks:
-                models.set_trainable(checkpoint.unwrap(model), want)
-                if blocks is not None and session.world_size > 1:  # DDP fixes its gradient set when wrapping
-                    model = step_fn = session.prepare_model(checkpoint.unwrap(model))
-                blocks = want
-        lr_schedule.set_epoch(epoch)
-        models.set_train_mode(model)
-        total, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
-        trainable = [q for q in model.parameters() if q.requires_grad]
-        for step, (xb, yb) in enumerate(batches.epoch(), 1):
-            x = checkpoint.normalize(xb, meta)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = yb
-            if mix is not None and len(yb) > 1:
-                x, target = mix(x, yb)
-            with schedule.autocast(device, amp):
-                logits = step_fn(x)
-            loss = F.cross_entropy(logits.float(), target, weight=loss_weight, label_smoothing=params.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if params.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-            opt.step()
-            total += loss.detach() * len(yb)
-            seen += len(yb)
-            if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
-                _check_finite(float(total), epoch, step, params)
-        train_loss = float(total) / max(1, seen)
-        _check_finite(train_loss, epoch, step, params)
-        row = {"epoch": epoch, "train_loss": train_loss,
-               "train_images_per_s": seen / max(1e-9, time.perf_counter() - started),
-               "lr": opt.param_groups[0]["lr"]}
-        if n_blocks:
-            row["trainable_blocks"] = blocks
-        if val is not None:
-            row.update(evaluate(model, meta, *val, device=device, amp=amp))
-        row["epoch_of"] = params.epochs
-        lr_schedule.after_epoch(epoch, row[objective], mode)
-        stop = stopper.update(row[objective], mode)
+    try:
+        for epoch in range(start, params.epochs + 1):
+            if freezing.apply(checkpoint.unwrap(model), epoch) and session.world_size > 1:
+                model = session.prepare_model(checkpoint.unwrap(model))  # DDP again, for the new trained set
+                step_fn = _compiled(model) if run.get("compile") else model
+            lr_schedule.set_epoch(epoch)
+            models.set_train_mode(model)
+            total, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
+            trainable = [q for q in model.parameters() if q.requires_grad]
+            step = 0
+            for step, (xb, yb) in enumerate(batches.epoch(), 1):
+                x = normalize(xb)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                target = yb
+                if mix is not None and len(yb) > 1:
+                    x, target = mix(x, yb)
+                with schedule.autocast(device, amp):
+                    logits = step_fn(x)
+                loss = F.cross_entropy(logits.float(), target, weight=loss_weight,
+                                       label_smoothing=params.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if params.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+                opt.step()
+                total += loss.detach() * len(yb)
+                seen += len(yb)
+                if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
+                    _check_finite(float(total), epoch, step, params)
+            elapsed = time.perf_counter() - started
+            sums = session.all_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
+            train_loss = float(sums[0]) / max(1.0, float(sums[1]))
+            _check_finite(train_loss, epoch, step, params)
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   "train_images_per_s": float(sums[1]) / max(1e-9, elapsed), "lr": opt.param_groups[0]["lr"]}
+            if freezing.n_blocks:
+                row["trainable_blocks"] = freezing.blocks
+            if val is not None:
+                row.update(evaluate(model, meta, *val, device=device, amp=amp, session=session))
+            row["epoch_of"] = params.epochs
+            lr_schedule.after_epoch(epoch, row[objective], mode)
+            stop = stopper.update(row[objective], mode)
 
-        def save(d, epoch=epoch, row=row):
-            checkpoint.save(d, model, {**meta, "epoch": epoch, "metrics": row},
-                            {"optimizer": opt.state_dict(), "epoch": epoch, "schedule": lr_schedule.state_dict(),
-                             "early_stop": stopper.state_dict()})
+            def save(d, epoch=epoch, row=row):
+                checkpoint.save(d, model, {**meta, "epoch": epoch, "metrics": row},
+                                {"optimizer": opt.state_dict(), "epoch": epoch, "schedule": lr_schedule.state_dict(),
+                                 "early_stop": stopper.state_dict()})
 
-        session.report(row, save)
-        last = row
-        if stop:  # the trial ends here as completed; Tune and ASHA see its last report
-            break
+            session.report(row, save)
+            last = row
+            if stop:  # the trial ends here as completed; Tune and ASHA see its last report
+                break
+    finally:
+        batches.close()  # DataLoader worker processes must not outlive the trial in a reused actor
     return last
+
+
+def _restore(session, model, opt, lr_schedule, stopper) -> int:
+    """Load the session's checkpoint, if any, into the model and training state; the first epoch to run."""
+    restored = session.restored_dir()
+    if not restored:
+        return 1
+    model.load_state_dict(torch.load(Path(restored) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True))
+    state = checkpoint.load_train_state(restored)
+    if not state:
+        return 1
+    opt.load_state_dict(state["optimizer"])
+    if "schedule" in state:  # checkpoints from before the schedules have none
+        lr_schedule.load_state_dict(state["schedule"])
+        stopper.load_state_dict(state["early_stop"])
+    return state["epoch"] + 1
+
+
+class Freezing:
+    """Which top backbone blocks train in each epoch (`head_epochs`, `unfreeze`, `unfreeze_every`).
+
+    Only pretrained backbones are frozen; a model trained from scratch trains every layer."""
+
+    def __init__(self, params: TrialParams, model):
+        grow = params.unfreeze != "all" or params.head_epochs or params.unfreeze_every
+        self.params = params
+        self.n_blocks = len(models.backbone_groups(checkpoint.unwrap(model))) if _is_pretrained(params) and grow else 0
+        self.blocks = None
+
+    def apply(self, model, epoch: int) -> bool:
+        """Set `requires_grad` for `epoch` on the unwrapped model; True when the trained set changed."""
+        if not self.n_blocks:
+            return False
+        want = schedule.trainable_blocks(self.params, epoch, self.n_blocks)
+        if want == self.blocks:
+            return False
+        models.set_trainable(model, want)
+        self.blocks = want
+        return True
 
 
 def _is_pretrained(params: TrialParams) -> bool:
@@ -252,22 +228,32 @@ class Batches:
     With augmentation each image is transformed on its own (torchvision v2 on uint8 tensors),
     in `loader_workers` DataLoader processes when asked. `class_weight: sampler` draws a
     class-balanced epoch with replacement instead of a permutation.
+
+    `shard=(rank, world_size)`: as `DistributedSampler` does, every rank draws the same epoch
+    order (one seed), padded by its first images to a multiple of world_size, and takes every
+    world_size-th image of it: equal shares, so every rank runs the same number of steps (a
+    rank with one step more would wait forever in DDP's gradient all-reduce).
     """
 
-    def __init__(self, x, y, params: TrialParams, classes: list[str], device, workers: int = 0):
+    def __init__(self, x, y, params: TrialParams, classes: list[str], device, workers: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         self.x, self.y, self.device, self.workers = x, y, device, int(workers)
         self.array = x.numpy()  # numpy's gather from a memory map is several times faster than torch indexing
         self.batch_size = params.batch_size
         self.transform = augment.train_transform(params)
         self.weights = imbalance.sample_weights(params, y, classes)
         self.gen = torch.Generator().manual_seed(params.seed)
+        self.rank, self.world_size = shard
         self.pin = device.type == "cuda"
         self.loader = None
 
     def order(self) -> torch.Tensor:
+        n = len(self.y)
         if self.weights is not None:
-            return torch.multinomial(self.weights, len(self.y), replacement=True, generator=self.gen)
-        return torch.randperm(len(self.y), generator=self.gen)
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+        else:
+            order = torch.randperm(n, generator=self.gen)
+        return even_shard(order, self.rank, self.world_size)
 
     def chunks(self) -> list[torch.Tensor]:
         """The epoch's index batches; a last batch of one image is dropped (batch norm cannot train on it)."""
@@ -278,7 +264,7 @@ class Batches:
         return [c.tolist() for c in self.chunks()]
 
     def __len__(self) -> int:  # DataLoader's batch_sampler protocol: iter() gives a new epoch's order
-        return math.ceil(len(self.y) / self.batch_size)
+        return math.ceil(math.ceil(len(self.y) / self.world_size) / self.batch_size)
 
     def __iter__(self):
         return iter(self.index_batches())
@@ -299,6 +285,22 @@ class Batches:
         for xb, yb in self.loader:
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes, if any."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader = None
+
+
+def even_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s equal share of `order`, padded with its first items to a multiple of world_size."""
+    if world_size == 1:
+        return order
+    per = math.ceil(len(order) / world_size)
+    padded = torch.cat([order, order[: per * world_size - len(order)]])
+    return padded[rank::world_size]
+
 
 class _Augmented(torch.utils.data.Dataset):
     def __init__(self, x, y, transform):
@@ -313,16 +315,23 @@ class _Augmented(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefix: str = "val_",
-             with_confusion: bool = False, with_probs: bool = False, amp: bool = False) -> dict:
+             with_confusion: bool = False, with_probs: bool = False, amp: bool = False, session=None) -> dict:
     """Loss and classification metrics of `model` on uint8 images x with labels y; if asked, also
-    the confusion matrix as nested lists ('confusion') and the class probabilities ('probs')."""
+    the confusion matrix as nested lists ('confusion') and the class probabilities ('probs').
+
+    With a multi-worker `session`, each rank evaluates every world_size-th image and the
+    confusion matrix and loss are summed over the ranks: the metrics cover the whole set, once.
+    `{prefix}images` says how many images they cover."""
     model.eval()
+    rank, world = (session.rank, session.world_size) if session is not None else (0, 1)
+    x, y = x[rank::world], y[rank::world]
     k = meta["num_classes"]
+    normalize = checkpoint.Normalizer(meta, device)
     cm = torch.zeros((k, k), dtype=torch.long, device=device)
     loss = torch.zeros((), device=device)
     probs = []
     for i in range(0, len(x), batch_size):
-        xb = checkpoint.normalize(x[i:i + batch_size].to(device), meta)
+        xb = normalize(x[i:i + batch_size].to(device))
         yb = y[i:i + batch_size].to(device)
         with schedule.autocast(torch.device(device), amp):
             logits = model(xb).float()
@@ -330,7 +339,11 @@ def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefi
         cm += metrics.confusion(yb, logits.argmax(1), k)
         if with_probs:
             probs.append(logits.softmax(-1).cpu())
-    out = {f"{prefix}loss": float(loss) / max(1, len(x))}
+    if world > 1:
+        cm = session.all_sum(cm)
+        loss = session.all_sum(loss)
+    n = int(cm.sum())
+    out = {f"{prefix}loss": float(loss) / max(1, n), f"{prefix}images": n}
     out.update(metrics.from_confusion(cm.cpu(), meta["class_names"], prefix))
     if with_confusion:
         out["confusion"] = cm.cpu().tolist()

@@ -1,0 +1,129 @@
+"""Where one `fit` reports: the three runtimes of a trial, behind one small interface.
+
+- `TuneSession`: a single-worker search trial, run directly in its Tune trial actor. Tune reuses
+  that actor for trial after trial, so Ray, torch and timm are imported once per process.
+- `RayTrainSession`: one worker of a Ray Train `TorchTrainer` (DDP when a trial has several).
+- `LocalSession`: in this process, reports kept in `history` (the retrain, tests, benches).
+
+A session gives `fit` its rank and world size, its device, `prepare_model` (DDP wrapping where
+there is more than one worker), the checkpoint to restore from, `report(row, save)` and
+`all_sum`, which adds a tensor over all workers so that every rank reports the same metrics.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def anon_memory_mb() -> float:
+    """This process's private resident memory in MB (Linux `RssAnon`; 0 where unknown).
+
+    Private, not total RSS: the memory-mapped image cache is file-backed and shared by every
+    trial on the node, so it would hide what a trial itself allocated."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class LocalSession:
+    """Runs `fit` in this process: one worker, reports collected in `history`."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, checkpoint_dir: str | Path | None = None, device: str | None = None):
+        self.history: list[dict] = []
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.device = torch.device(device) if device else default_device()
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def restored_dir(self):
+        return None
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def report(self, row: dict, save) -> None:
+        self.history.append(row)
+        if self.checkpoint_dir is not None:
+            save(self.checkpoint_dir)
+
+
+class TuneSession(LocalSession):
+    """Runs `fit` in a Tune trial actor: `ray.tune.report` with a `tune.Checkpoint` every epoch.
+
+    Restores from `tune.get_checkpoint()` (a retry after a failure, or `--resume`). Each report
+    also says which process and node trained it and that process's private memory, so that
+    actor reuse and memory growth across trials can be seen in the results."""
+
+    def __init__(self):
+        import ray
+        from ray import tune
+
+        super().__init__()
+        self._tune = tune
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def restored_dir(self):
+        ck = self._tune.get_checkpoint()
+        return ck.to_directory() if ck is not None else None
+
+    def report(self, row: dict, save) -> None:
+        row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb()}
+        with tempfile.TemporaryDirectory() as tmp:
+            save(tmp)
+            self._tune.report(row, checkpoint=self._tune.Checkpoint.from_directory(tmp))
+
+
+class RayTrainSession:
+    """Runs `fit` inside a Ray Train worker: `ray.train.report` with a checkpoint every epoch."""
+
+    def __init__(self):
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._prepare = ray.train.torch.prepare_model
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def prepare_model(self, model):
+        return self._prepare(model)
+
+    def restored_dir(self):
+        ck = self._train.get_checkpoint()
+        if ck is None:
+            return None
+        return ck.to_directory()
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def report(self, row: dict, save) -> None:
+        row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb()}
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if self.rank == 0:
+                save(tmp)
+                ck = self._train.Checkpoint.from_directory(tmp)
+            self._train.report(row, checkpoint=ck)  # every rank reports; Tune takes rank 0's
