@@ -36,6 +36,10 @@ def apply_env(local: bool = True) -> None:
 
     `local`: the cluster is the one this process starts on this machine (not `--address`)."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    # Tune snapshots the experiment whenever a trial kept `checkpoint.keep` checkpoints since the
+    # last snapshot (so a resume never points at a deleted one) and warns when that happens often,
+    # as it does with trials of a few seconds: expected here, not a problem to show the user.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if local:
         # The preemption watcher is one more actor per trial (a whole Python process, ~1.6 CPU-s
         # a trial measured) polling for nodes being drained: a local machine never is.

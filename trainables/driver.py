@@ -48,12 +48,26 @@ def fit_in_actor(config: dict) -> None:
 
 def release_memory() -> None:
     """Free what a finished trial held (model, optimizer, batches) before the actor runs the next:
-    reference cycles are collected and, on a GPU, the cached blocks go back to the driver."""
+    reference cycles are collected, glibc gives its freed heap pages back (each trial runs in a
+    new Tune runner thread, whose malloc arena otherwise keeps a trial's worth of freed memory:
+    measured +30 MB a trial over 20 trials without the trim, flat with it; tests/test_trial_runtime),
+    and on a GPU the CUDA cache goes back to the driver."""
     gc.collect()
+    _malloc_trim()
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0); nothing where the C library is not glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def train_loop(config: dict) -> None:

@@ -66,8 +66,8 @@ class TuneSession(LocalSession):
     """Runs `fit` in a Tune trial actor: `ray.tune.report` with a `tune.Checkpoint` every epoch.
 
     Restores from `tune.get_checkpoint()` (a retry after a failure, or `--resume`). Each report
-    also says which process and node trained it and that process's private memory, so that
-    actor reuse and memory growth across trials can be seen in the results."""
+    also says which process and node trained it, that process's private memory now and when
+    the trial started (what earlier trials in the reused process left behind)."""
 
     def __init__(self):
         import ray
@@ -76,13 +76,15 @@ class TuneSession(LocalSession):
         super().__init__()
         self._tune = tune
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.memory_at_start = anon_memory_mb()
 
     def restored_dir(self):
         ck = self._tune.get_checkpoint()
         return ck.to_directory() if ck is not None else None
 
     def report(self, row: dict, save) -> None:
-        row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb()}
+        row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb(),
+               "worker_memory_at_start_mb": self.memory_at_start}
         with tempfile.TemporaryDirectory() as tmp:
             save(tmp)
             self._tune.report(row, checkpoint=self._tune.Checkpoint.from_directory(tmp))
