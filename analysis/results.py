@@ -34,12 +34,17 @@ _WRAPPERS = {"WorkerGroupError", "TrainingFailedError", "RayTaskError", "TuneErr
 def classify_failure(text: str, config: dict) -> tuple[str, str]:
     """(status, reason) of a failed trial from its traceback text: 'diverged' or 'error', and why."""
     found = [m for m in map(_EXC_LINE.match, (ln.strip() for ln in text.splitlines())) if m]
-    diverged = [m for m in found if m.group(1) == "TrialDiverged"]
+    # a Ray Train worker's own exception line, kept whole by trainables.train_loop.WorkerError
+    worker = [m.group(2)[:300] for m in found if m.group(1) == "WorkerError"]
+    diverged = [m.group(2) for m in found if m.group(1) == "TrialDiverged"]
+    diverged += [w.split(": ", 1)[1] for w in worker if w.startswith("TrialDiverged: ")]
     if diverged:
-        return "diverged", diverged[-1].group(2)
+        return "diverged", diverged[-1]
     if re.search(r"OutOfMemoryError|CUDA out of memory|\bMemoryError\b", text):
         return "error", (f"out of memory at batch_size={config.get('batch_size', '?')}, "
                          f"image_size={config.get('image_size', '?')}: lower them or give trials more memory")
+    if worker:
+        return "error", worker[-1]
     inner = [m for m in found if m.group(1) not in _WRAPPERS] or found
     if not inner:
         return "error", "unknown error (see the traceback file)"

@@ -48,6 +48,18 @@ def test_diverging_and_crashing_trials_do_not_stop_the_search(ray_cluster, tmp_p
     assert "diverged: training loss became nan" in out and "ModelError: cannot read weights file" in out  # the final summary lists them with their reason
 
 
+def test_a_train_workers_own_line_is_the_reason_even_when_ray_cut_it_from_the_traceback():
+    text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 1 Error Snippet]:\n"
+            "  File x\n... (Output truncated. See individual worker logs for full details) ...\n"
+            "ine 12, in f\nParameter indices which did not receive grad for rank 1: 3 4\n"
+            "trainables.train_loop.WorkerError: RuntimeError: Expected to have finished reduction in the prior "
+            "iteration before starting a new one.\n")
+    assert results.classify_failure(text, {}) == (
+        "error", "RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one.")
+    diverged = "trainables.train_loop.WorkerError: TrialDiverged: training loss became nan at epoch 1, step 3\n"
+    assert results.classify_failure(diverged, {}) == ("diverged", "training loss became nan at epoch 1, step 3")
+
+
 def test_out_of_memory_is_reported_with_the_sizes_that_caused_it():
     text = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
     status, reason = results.classify_failure(text, {"batch_size": 512, "image_size": 224})

@@ -36,11 +36,24 @@ def _check_finite(value: float, epoch: int, step: int, params) -> None:
                             f"batch_size={params.batch_size})")
 
 
+class WorkerError(RuntimeError):
+    """A Ray Train worker's exception, raised again with its own first line as the message.
+
+    Ray Train shortens a worker's error to its first and last few hundred characters, which
+    can cut out the line that names the cause (DDP's errors run to thousands of characters).
+    This one-line exception comes last, so its line, e.g. `WorkerError: RuntimeError: Expected
+    to have finished reduction...`, survives into error.txt, trials.csv and the console."""
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Entry point of each Ray Train worker of a multi-worker (or `use_ray_train`) trial."""
     cpus = config["run"].get("cpus_per_worker", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    fit(config, RayTrainSession())
+    try:
+        fit(config, RayTrainSession())
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise WorkerError(f"{type(e).__name__}: {lines[0][:300] if lines else ''}") from e
 
 
 def _seed_everything(seed: int) -> None:
