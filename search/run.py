@@ -209,7 +209,8 @@ def run_search(args, spec, name: str, index):
     except Exception as e:  # a convenience copy: never worth failing a finished search for
         print(f"warning: could not write {exp_dir / results.OPTUNA_DB}: {type(e).__name__}: {e}")
     board = results.leaderboard(table, info)
-    print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s: "
+    print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
+          f"{time.time() - args.started:.0f}s wall time in all: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
     print(results.format_board(board, info, top=5))
     failed = table[table["status"].isin(["error", "diverged"])]
@@ -242,7 +243,9 @@ def warm_cache(spec, info: dict, cache_dir: str) -> None:
 
 
 def main(argv=None) -> int:
+    started = time.time()
     args = parse_args(argv)
+    args.started = started
     from trainables.models import ModelError
 
     try:

@@ -39,9 +39,10 @@ def fit_in_actor(config: dict) -> None:
     from trainables.train_loop import fit
 
     release_memory()  # what an earlier trial left behind (a stopped trial exits through an exception)
-    torch.set_num_threads(max(1, int(config["run"].get("cpus_per_worker", 1))))
+    cpus = config["run"].get("cpus_per_worker", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     try:
-        fit(config, TuneSession())
+        fit(config, TuneSession(cpus))
     finally:
         release_memory()
 

@@ -273,6 +273,18 @@ def set_trainable(model: nn.Module, unfreeze) -> None:
         p.requires_grad_(name in trainable or name not in backbone)
 
 
+# Families whose convolutions run faster on NHWC (channels_last) tensors on a CPU too; measured
+# with 1 thread, a training step at batch 64: efficientnet_lite0 at 48 px 448 vs 1005 ms,
+# the cnn (width 32) 156 vs 242 ms, while resnet18 at 64 px was slower (729 vs 572 ms).
+CPU_CHANNELS_LAST = ("cnn", "efficientnet", "tf_efficientnet", "mobilenet")
+
+
+def prefers_channels_last(arch: str, device: torch.device) -> bool:
+    """Whether training `arch` on `device` should use channels_last: always on a GPU (tensor
+    cores), on a CPU for the depthwise-separable families of CPU_CHANNELS_LAST."""
+    return device.type == "cuda" or arch.startswith(CPU_CHANNELS_LAST)
+
+
 def set_train_mode(model: nn.Module) -> None:
     """model.train(), except batch-norm layers whose weights are frozen keep their running stats."""
     model.train()

@@ -56,6 +56,9 @@ class LocalSession:
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def epoch_started(self) -> None:
+        """Called before each epoch; sessions that share a machine adjust to it here."""
+
     def report(self, row: dict, save) -> None:
         self.history.append(row)
         if self.checkpoint_dir is not None:
@@ -69,14 +72,28 @@ class TuneSession(LocalSession):
     also says which process and node trained it, that process's private memory now and when
     the trial started (what earlier trials in the reused process left behind)."""
 
-    def __init__(self):
+    def __init__(self, cpus: float = 1):
         import ray
         from ray import tune
 
         super().__init__()
-        self._tune = tune
+        self._ray, self._tune = ray, tune
+        self.cpus = max(1, int(cpus))
         self.node_id = ray.get_runtime_context().get_node_id()
         self.memory_at_start = anon_memory_mb()
+        # on a one-machine cluster Ray's free CPUs are this machine's; elsewhere they may not be
+        self.alone_on_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1 and self.device.type == "cpu"
+
+    def epoch_started(self) -> None:
+        """Train this epoch on the trial's CPUs plus the machine's idle ones (as torch threads).
+
+        At the end of a search fewer trials run than the machine has cores (the last trial
+        often runs alone for minutes); Ray's unclaimed CPUs then train it too. Checked at each
+        epoch, so a trial that starts meanwhile gets its cores back within an epoch."""
+        if not self.alone_on_node:
+            return
+        free = int(self._ray.available_resources().get("CPU", 0))
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, self.cpus + free)))
 
     def restored_dir(self):
         ck = self._tune.get_checkpoint()
@@ -107,6 +124,9 @@ class RayTrainSession:
 
     def prepare_model(self, model):
         return self._prepare(model)
+
+    def epoch_started(self) -> None:
+        pass
 
     def restored_dir(self):
         ck = self._train.get_checkpoint()

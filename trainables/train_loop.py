@@ -93,7 +93,8 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     stopper = EarlyStop(params.early_stop_patience if val_split else 0)  # a retrain runs its chosen epochs
     start = _restore(session, model, opt, lr_schedule, stopper)
     device = session.device
-    if device.type == "cuda":  # convolutions run fastest on NHWC tensor cores
+    nhwc = models.prefers_channels_last(params.model, device)
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     freezing = Freezing(params, model)
     freezing.apply(model, start)  # before DDP wraps the model: it fixes the set of trained parameters
@@ -115,6 +116,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             if freezing.apply(checkpoint.unwrap(model), epoch) and session.world_size > 1:
                 model = session.prepare_model(checkpoint.unwrap(model))  # DDP again, for the new trained set
                 step_fn = _compiled(model) if run.get("compile") else model
+            session.epoch_started()
             lr_schedule.set_epoch(epoch)
             models.set_train_mode(model)
             total, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
@@ -122,7 +124,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             step = 0
             for step, (xb, yb) in enumerate(batches.epoch(), 1):
                 x = normalize(xb)
-                if device.type == "cuda":
+                if nhwc:
                     x = x.contiguous(memory_format=torch.channels_last)
                 target = yb
                 if mix is not None and len(yb) > 1:
