@@ -111,7 +111,8 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                        epochs_run=0)
         else:
             df = df.sort_values("epoch")
-            best_i = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+            best = df[metric].max() if mode == "max" else df[metric].min()
+            best_i = df.index[df[metric] == best][-1]  # the latest of tied epochs: Ray keeps its checkpoint
             epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
             if failed:
                 status = failed[0]

@@ -30,6 +30,11 @@ import socket
 # that trainables.driver works around (see HandOverTuneReportCallback there).
 HEALTH_CHECK_INTERVAL_S = "0.2"
 
+# How long a reused Tune actor waits for the last trial's thread to end (a stopped trial unwinds
+# through its `finally` blocks: DataLoader workers, temporary checkpoint folders) before it
+# gives up on reusing the actor and fails the next trial. Ray's default is 2 s.
+ACTOR_HANDOVER = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+
 
 def apply_env(local: bool = True) -> None:
     """Environment variables for this process, inherited by every Ray process it starts.
@@ -40,6 +45,7 @@ def apply_env(local: bool = True) -> None:
     # last snapshot (so a resume never points at a deleted one) and warns when that happens often,
     # as it does with trials of a few seconds: expected here, not a problem to show the user.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault(*ACTOR_HANDOVER)
     if local:
         # The preemption watcher is one more actor per trial (a whole Python process, ~1.6 CPU-s
         # a trial measured) polling for nodes being drained: a local machine never is.
@@ -65,7 +71,9 @@ def init_kwargs(local: bool = True, dashboard_host: str = "127.0.0.1") -> dict:
         # process, so they do not inherit its environment: the job's runtime_env carries the
         # Train poll to each trial, whose TorchTrainer passes it on to its controller.
         poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-        return {"runtime_env": {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll}}}
+        handover = os.environ.get(*ACTOR_HANDOVER)
+        return {"runtime_env": {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll,
+                                             ACTOR_HANDOVER[0]: handover}}}
     if os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"):
         return {}  # the user says where the cluster is
     with socket.socket() as s:

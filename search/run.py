@@ -191,7 +191,12 @@ def run_search(args, spec, name: str, index):
     if args.resume:
         print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
               "continue from their last checkpoint", flush=True)
-        tuner = tuner_mod.restore(exp_dir, spec)
+        # trials keep the runtime and resources they started with (their stored configs say so)
+        started_with = space_mod.load(exp_dir / "space.yaml")
+        if started_with.resources != spec.resources:
+            print(f"note: resuming with the resources the search started with ({exp_dir / 'space.yaml'}), "
+                  f"not {args.space}'s", flush=True)
+        tuner = tuner_mod.restore(exp_dir, started_with)
     else:
         tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=callbacks)
     started = time.time()

@@ -76,24 +76,28 @@ class TuneSession(LocalSession):
         import ray
         from ray import tune
 
-        super().__init__()
+        # Ray hides no GPU from an actor that holds none: use one only if this trial holds it
+        super().__init__(device="cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
         self._ray, self._tune = ray, tune
         self.cpus = max(1, int(cpus))
         self.node_id = ray.get_runtime_context().get_node_id()
         self.memory_at_start = anon_memory_mb()
-        # on a one-machine cluster Ray's free CPUs are this machine's; elsewhere they may not be
-        self.alone_on_node = sum(1 for n in ray.nodes() if n.get("Alive")) == 1 and self.device.type == "cpu"
 
     def epoch_started(self) -> None:
-        """Train this epoch on the trial's CPUs plus the machine's idle ones (as torch threads).
+        """Train this epoch on the trial's CPUs plus its share of the machine's idle ones.
 
         At the end of a search fewer trials run than the machine has cores (the last trial
-        often runs alone for minutes); Ray's unclaimed CPUs then train it too. Checked at each
-        epoch, so a trial that starts meanwhile gets its cores back within an epoch."""
-        if not self.alone_on_node:
+        often runs alone for minutes); the CPUs Ray has not handed out are then shared out as
+        torch threads among the trials running. Only on a one-machine cluster, where Ray's
+        free CPUs are this machine's; checked at each epoch, so when another trial starts it
+        gets its cores back within an epoch."""
+        if self.device.type != "cpu" or sum(1 for n in self._ray.nodes() if n.get("Alive")) != 1:
             return
-        free = int(self._ray.available_resources().get("CPU", 0))
-        torch.set_num_threads(max(1, min(os.cpu_count() or 1, self.cpus + free)))
+        total = self._ray.cluster_resources().get("CPU", 0)
+        free = self._ray.available_resources().get("CPU", 0)
+        running = max(1, round((total - free) / self.cpus))  # trials holding CPUs, this one included
+        threads = self.cpus + int(free // running)
+        torch.set_num_threads(max(1, min(os.cpu_count() or 1, threads)))
 
     def restored_dir(self):
         ck = self._tune.get_checkpoint()

@@ -141,7 +141,8 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
                 total += loss.detach() * len(yb)
                 seen += len(yb)
                 if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
-                    _check_finite(float(total), epoch, step, params)
+                    # summed over the ranks, so that all of them stop at the same step
+                    _check_finite(float(session.all_sum(total.detach().clone())), epoch, step, params)
             elapsed = time.perf_counter() - started
             sums = session.all_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
             train_loss = float(sums[0]) / max(1.0, float(sums[1]))
@@ -151,7 +152,9 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             if freezing.n_blocks:
                 row["trainable_blocks"] = freezing.blocks
             if val is not None:
-                row.update(evaluate(model, meta, *val, device=device, amp=amp, session=session))
+                # the bare model: a DDP forward would sync buffers, a collective that a rank with no
+                # val images would never join
+                row.update(evaluate(checkpoint.unwrap(model), meta, *val, device=device, amp=amp, session=session))
             row["epoch_of"] = params.epochs
             lr_schedule.after_epoch(epoch, row[objective], mode)
             stop = stopper.update(row[objective], mode)
