@@ -18,7 +18,7 @@ import torch
 
 from search import run
 from tests.conftest import make_folder, write_space
-from trainables import checkpoint, data, train_loop
+from trainables import checkpoint, data, sessions, train_loop
 from trainables.params import TrialParams
 
 
@@ -168,3 +168,14 @@ def test_every_rank_runs_the_same_steps_over_equal_shards(n, batch):
     seen = torch.cat([torch.cat(c) for c in chunks])
     assert set(seen.tolist()) == set(range(n))  # every image is in some shard
     assert len(seen) <= n + 1 + 2  # padded by at most one image, less a dropped 1-image batch per rank
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("cpus,total,free,cores,threads", [
+    (1, 2, 0, 2, 1),     # two trials on two cores: one thread each
+    (1, 2, 1, 2, 2),     # the last trial alone: both cores
+    (1, 16, 12, 16, 4),  # four trials share twelve idle cores
+    (2, 16, 14, 8, 8),   # never more threads than cores
+])
+def test_a_trial_takes_its_share_of_the_idle_cpus(cpus, total, free, cores, threads):
+    assert sessions.threads_with_idle_cpus(cpus, total, free, cores) == threads

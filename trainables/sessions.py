@@ -37,6 +37,13 @@ def anon_memory_mb() -> float:
     return 0.0
 
 
+def threads_with_idle_cpus(cpus: int, total: float, free: float, cores: int) -> int:
+    """A trial's torch threads: its own `cpus` plus an equal share of the `free` CPUs among the
+    trials holding the other `total - free` (each holding `cpus`), at most the machine's cores."""
+    running = max(1, round((total - free) / cpus))  # this trial included
+    return max(1, min(cores, cpus + int(free // running)))
+
+
 class LocalSession:
     """Runs `fit` in this process: one worker, reports collected in `history`."""
 
@@ -95,9 +102,7 @@ class TuneSession(LocalSession):
             return
         total = self._ray.cluster_resources().get("CPU", 0)
         free = self._ray.available_resources().get("CPU", 0)
-        running = max(1, round((total - free) / self.cpus))  # trials holding CPUs, this one included
-        threads = self.cpus + int(free // running)
-        torch.set_num_threads(max(1, min(os.cpu_count() or 1, threads)))
+        torch.set_num_threads(threads_with_idle_cpus(self.cpus, total, free, os.cpu_count() or 1))
 
     def restored_dir(self):
         ck = self._tune.get_checkpoint()
