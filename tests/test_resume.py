@@ -12,11 +12,9 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT
-
-FINISHED_WORDS = ("completed", "stopped by ASHA")
-
 
 def _kill_group(pgid: int) -> None:
     try:
@@ -34,34 +32,42 @@ def _iterations(trial_dir) -> int:
     return sum(1 for _ in open(os.path.join(trial_dir, "result.json")))
 
 
+def _recorded_done(exp) -> dict[str, int]:
+    """Trials the driver's last experiment snapshot records as finished, with their reports."""
+    from ray import tune
+
+    try:
+        trials = tune.ExperimentAnalysis(str(exp)).trials
+    except Exception:  # no snapshot yet, or one being written
+        return {}
+    return {t.trial_id: _iterations(t.path) for t in trials if t.status == "TERMINATED"}
+
+
+TRIALS = 6
+
+
+@pytest.mark.timeout(900)
 def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     storage, name = tmp_path / "res", "resume"
+    exp = storage / name
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(storage),
-           "--name", name, "--set", "search.num_samples=4"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    finished, lines, deadline = 0, [], time.time() + 300
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            finished += any(w in line for w in FINISHED_WORDS)
-            if finished >= 2 or time.time() > deadline:
-                break
-        assert finished >= 2, "".join(lines)
+           "--name", name, "--set", f"search.num_samples={TRIALS}", "--set", "data.limit_per_class=60"]
+    log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    try:  # killed once the driver's snapshot records a finished trial (trials take seconds)
+        while time.time() < deadline and proc.poll() is None and not _recorded_done(exp):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it could be killed:\n" + open(log.name).read()
     finally:
         _kill_group(proc.pid)
         proc.wait(timeout=60)
         time.sleep(2)
         for pid in _strays(proc.pid):  # Ray's agents may outlive the group kill: stop them by PID
             os.kill(pid, signal.SIGKILL)
-    exp = storage / name
     before = pd.read_csv(exp / "split.csv")
-    from ray import tune
-
-    # what the driver had recorded as finished when it died (its last experiment snapshot)
-    done_before = {t.trial_id: _iterations(t.path) for t in tune.ExperimentAnalysis(str(exp)).trials
-                   if t.status == "TERMINATED"}
-    assert done_before, "".join(lines)
+    done_before = _recorded_done(exp)  # what the driver had recorded as finished when it died
+    assert done_before, open(log.name).read()
 
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "add --resume to continue it" in again.stderr  # said, not silently redone
@@ -70,7 +76,7 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming:" in resumed.stdout
     trials = pd.read_csv(exp / "trials.csv")
-    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped"}
+    assert len(trials) == TRIALS and set(trials["status"]) <= {"completed", "stopped"}
     for trial_id, n in done_before.items():  # finished trials did not run again
         assert _iterations(exp / f"trial_{trial_id}") == n, trial_id
     assert pd.read_csv(exp / "split.csv").equals(before)  # the same split, not a new one
@@ -80,7 +86,7 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(exp))
     study_trials = searcher._ot_study.trials
-    assert len(study_trials) == 4  # the resumed sampler kept the earlier trials
+    assert len(study_trials) == TRIALS  # the resumed sampler kept the earlier trials
     assert {round(t.params["lr"], 12) for t in study_trials} == {round(x, 12) for x in trials["lr"]}
     assert not _strays(proc.pid)
 
