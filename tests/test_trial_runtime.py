@@ -7,6 +7,7 @@ knobs, with equal shards (no rank waits forever) and metrics over the whole val 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import threading
 import time
@@ -48,8 +49,8 @@ space:
 @pytest.mark.timeout(600)
 def test_single_worker_trials_reuse_one_actor_and_do_not_grow_its_memory(ray_cluster, tmp_path):
     """20 trials one after the other in one process, some stopped by ASHA: each trial's model,
-    optimizer and batches are released before the next (a kept Lite0 with its Adam state would
-    add ~75 MB a trial)."""
+    optimizer and batches are released before the next (a Lite0 kept alive with its Adam state
+    adds ~75 MB a trial)."""
     space = write_space(tmp_path / "reuse.yaml", REUSE_SPACE)
     assert run.main([str(space), "--storage", str(tmp_path / "res")]) == 0
     trials = pd.read_csv(tmp_path / "res" / "reuse" / "trials.csv")
@@ -57,9 +58,11 @@ def test_single_worker_trials_reuse_one_actor_and_do_not_grow_its_memory(ray_clu
     assert (trials["status"] == "stopped").any()  # ASHA stopped some, and their actor went on
     ends = sorted((_rows(d)[-1] for d in trials["trial_dir"]), key=lambda r: (r["timestamp"], r["time_total_s"]))
     assert len({r["worker_pid"] for r in ends}) == 1, [r["worker_pid"] for r in ends]  # one process, 20 trials
-    memory = [r["worker_memory_at_start_mb"] for r in ends]  # what the trials before it left behind
-    grew = max(memory[5:]) - memory[4]
-    assert grew < 50, f"private memory grew by {grew:.0f} MB from trial 5 to 20: {[round(m) for m in memory]}"
+    # What the trials before each one left behind. The first few trials warm the process up (thread
+    # pools, allocator arenas); after that it must stay flat, not climb trial by trial.
+    memory = [r["worker_memory_at_start_mb"] for r in ends]
+    grew = statistics.median(memory[15:]) - statistics.median(memory[5:10])
+    assert grew < 20, f"private memory grew by {grew:.0f} MB from trials 6-10 to 16-20: {[round(m) for m in memory]}"
 
 
 def _presplit(root: Path) -> Path:
