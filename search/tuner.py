@@ -49,7 +49,10 @@ def trial_dirname(trial) -> str:
 
 
 def uses_ray_train(spec: SpaceFile) -> bool:
-    return spec.resources.workers_per_trial > 1 or spec.resources.use_ray_train
+    """Whether this search's trials fit a TorchTrainer (trainables.driver decides, per trial)."""
+    from trainables.driver import uses_ray_train as by_context
+
+    return by_context(spec.resources.model_dump())
 
 
 def trainable(spec: SpaceFile):

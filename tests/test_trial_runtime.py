@@ -182,3 +182,20 @@ def test_every_rank_runs_the_same_steps_over_equal_shards(n, batch):
 ])
 def test_a_trial_takes_its_share_of_the_idle_cpus(cpus, total, free, cores, threads):
     assert sessions.threads_with_idle_cpus(cpus, total, free, cores) == threads
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("resources,ray_train,concurrent", [
+    ({}, False, 2),                                       # one CPU a trial on 2 CPUs; driver tokens do not count
+    ({"use_ray_train": True}, True, 1),                   # one trial_driver token left
+    ({"workers_per_trial": 2}, True, 1),                  # two CPUs a trial
+])
+def test_the_space_decides_the_runtime_and_how_many_trials_fit(tmp_path, resources, ray_train, concurrent):
+    from search import space as space_mod
+    from search import tuner
+
+    sets = [f"resources.{k}={json.dumps(v)}" for k, v in resources.items()]
+    auto = REUSE_SPACE.replace("max_concurrent_trials: 1", "max_concurrent_trials: auto")
+    spec = space_mod.load(write_space(tmp_path / "s.yaml", auto), sets)
+    assert tuner.uses_ray_train(spec) is ray_train
+    assert tuner.concurrency(spec, {"CPU": 2, "trial_driver": 1}) == concurrent
