@@ -56,7 +56,8 @@ def prepare(args) -> tuple:
     _abs_storage(args.storage)
     name = args.name or spec.name or Path(args.space).stem
     d = spec.data
-    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir)
+    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir,
+                         d.conflicting_labels)
     space_mod.check_classes(args.space, spec, index.classes)
     return spec, name, index
 
@@ -75,9 +76,16 @@ def print_data_summary(summ: dict) -> None:
     if dup["duplicate_groups"]:
         print(f"  {dup['duplicate_images']} byte-identical images in {dup['duplicate_groups']} groups, "
               f"{dup['groups_across_splits']} groups across splits (each group is kept in one split)")
-    if dup["groups_across_classes"]:
-        print(f"  warning: {dup['groups_across_classes']} identical images carry different labels, e.g. "
-              f"{dup['across_classes_examples'][:2]}")
+    conflicts = summ["conflicting_labels"]
+    if conflicts["groups"]:
+        what = ("dropped (their label is unknowable; data.conflicting_labels: keep keeps them)" if conflicts["dropped"]
+                else "kept, each copy with its own label, all copies in one split (data.conflicting_labels: keep)")
+        print(f"  {conflicts['images']} identical images in {conflicts['groups']} groups carry different labels, "
+              f"{what}:")
+        for group in conflicts["examples"][:10]:
+            print("    " + " = ".join(f"{g['path']} ({g['label']})" for g in group))
+        if conflicts["groups"] > 10:
+            print(f"    ... {conflicts['groups'] - 10} more groups in data.json")
     for label, paths in (("non-image files", summ["skipped_non_images"]),
                          ("unreadable images", [f"{u['path']} ({u['error'][:80]})" for u in summ["unreadable_images"]])):
         if paths:

@@ -51,6 +51,9 @@ class DataSpec(_Strict):
     split: SplitSpec = SplitSpec()
     limit_per_class: Optional[int] = Field(None, ge=3)
     cache_dir: Optional[str] = None
+    conflicting_labels: Literal["drop", "keep"] = Field(
+        "drop", description="byte-identical images filed under different classes: drop them (their label is "
+                            "unknowable) or keep every copy with its own label")
 
 
 class SchedulerSpec(_Strict):

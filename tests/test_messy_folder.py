@@ -36,9 +36,12 @@ def test_data_report_lists_what_was_skipped(messy):
     assert summ["skipped_non_images"] == ["cat/README.txt"]
     assert [u["path"] for u in summ["unreadable_images"]] == ["dog/truncated.jpg"]
     assert "truncated" in summ["unreadable_images"][0]["error"].lower()
-    assert summ["duplicates"]["groups_across_classes"] == 1
-    assert sorted(summ["duplicates"]["across_classes_examples"][0]) == ["cat/dup_of_dog.png", "dog/000.png"]
-    assert "dog/truncated.jpg" not in {it.path for it in idx.items}
+    conflicts = summ["conflicting_labels"]  # dropped by default: which label is right is unknowable
+    assert conflicts["groups"] == 1 and conflicts["dropped"] and summ["duplicates"]["groups_across_classes"] == 0
+    assert sorted((g["path"], g["label"]) for g in conflicts["examples"][0]) == [
+        ("cat/dup_of_dog.png", "cat"), ("dog/000.png", "dog")]
+    kept = {it.path for it in idx.items}
+    assert "dog/truncated.jpg" not in kept and not kept & {"cat/dup_of_dog.png", "dog/000.png"}
     assert summ["counts"]["train"]["fox"] + summ["counts"]["val"]["fox"] + summ["counts"]["test"]["fox"] == 14
 
 
@@ -74,5 +77,41 @@ def test_cli_prints_the_data_report(messy):
     assert r.returncode == 0, r.stderr
     assert "skipped 1 non-image files: cat/README.txt" in r.stdout
     assert "skipped 1 unreadable images: dog/truncated.jpg" in r.stdout
-    assert "identical images carry different labels" in r.stdout
+    assert "2 identical images in 1 groups carry different labels, dropped" in r.stdout
+    assert "cat/dup_of_dog.png (cat) = dog/000.png (dog)" in r.stdout
     assert "fox" in r.stdout and "imbalance ratio" in r.stdout
+
+
+def _same_images_under_two_classes(root):
+    """Six identical PNGs in both a/ and b/ (as scraped sets hold them), beside distinct images."""
+    make_folder(root, {"a": 12, "b": 12, "c": 12})
+    for i in range(6):
+        pic = Image.fromarray(np.full((12, 12, 3), 10 * i, np.uint8))
+        pic.save(root / "a" / f"same_{i}.png")
+        pic.save(root / "b" / f"copy_{i}.png")
+    return root
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["drop", "keep"])
+@pytest.mark.parametrize("seed", range(10))
+def test_identical_images_under_two_classes_stay_in_one_split(tmp_path, seed, mode):
+    root = _same_images_under_two_classes(tmp_path / "imgs")
+    idx = data.prepare(str(root), {"train": 0.7, "val": 0.15, "test": 0.15}, seed, conflicting_labels=mode)
+    assert len(idx.conflicting) == 6
+    splits = {}
+    for it in idx.items:
+        splits.setdefault(it.sha1, set()).add(it.split)
+    assert all(len(s) == 1 for s in splits.values())  # no group in two splits
+    same = [it for it in idx.items if "same_" in it.path or "copy_" in it.path]
+    assert len(same) == (0 if mode == "drop" else 12)
+
+
+@pytest.mark.timeout(120)
+def test_cli_dry_run_names_the_conflicting_groups(tmp_path):
+    root = _same_images_under_two_classes(tmp_path / "imgs")
+    r = subprocess.run([sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--data", str(root),
+                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr
+    assert "12 identical images in 6 groups carry different labels, dropped" in r.stdout
+    assert "a/same_0.png (a) = b/copy_0.png (b)" in r.stdout

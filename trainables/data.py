@@ -91,6 +91,9 @@ class DataIndex:
     presplit: bool
     skipped: list[str] = field(default_factory=list)  # non-image files, relative paths
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
+    # groups of byte-identical images filed under different classes: [[(path, label), ...], ...]
+    conflicting: list[list[tuple[str, str]]] = field(default_factory=list)
+    conflicting_dropped: bool = False
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
@@ -134,12 +137,20 @@ def scan(root: Path) -> DataIndex:
     _verify_and_hash(index)
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one subfolder of images per class)")
-    empty = [c for c, n in Counter({c: 0 for c in classes} | Counter(i.label for i in items)).items() if n == 0]
+    _check_classes_not_empty(index)
+    return index
+
+
+def _check_classes_not_empty(index: DataIndex) -> None:
+    counts = Counter(i.label for i in index.items)
+    empty = [c for c in index.classes if counts[c] == 0]
     if empty:
         why = f"; {len(index.unreadable)} unreadable image(s) were skipped" if index.unreadable else ""
-        raise DataError(f"{root}: class folder(s) {empty} hold no readable images "
+        if index.conflicting_dropped:
+            why += (f"; {sum(len(g) for g in index.conflicting)} images whose identical copies carry other labels "
+                    "were dropped (data.conflicting_labels: keep keeps them)")
+        raise DataError(f"{index.root}: class folder(s) {empty} hold no readable images "
                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}){why}")
-    return index
 
 
 def _check_one(path: Path) -> tuple[str, str | None]:
@@ -187,20 +198,48 @@ def limit_per_class(index: DataIndex, limit: int | None, seed: int) -> None:
     index.items = kept
 
 
+CONFLICTING_LABELS = ("drop", "keep")
+
+
+def resolve_conflicting_labels(index: DataIndex, mode: str = "drop") -> None:
+    """Find byte-identical images filed under different classes, list them, and drop them
+    (`drop`: the true label is unknowable) or keep every copy with its own label (`keep`)."""
+    if mode not in CONFLICTING_LABELS:
+        raise DataError(f"data.conflicting_labels: {mode!r} is not allowed; allowed: {', '.join(CONFLICTING_LABELS)}")
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for it in index.items:
+        groups[it.sha1].append(it)
+    bad = {h for h, g in groups.items() if len({it.label for it in g}) > 1}
+    index.conflicting = [[(it.path, it.label) for it in groups[h]] for h in sorted(bad, key=lambda h: groups[h][0].path)]
+    index.conflicting_dropped = mode == "drop" and bool(bad)
+    if index.conflicting_dropped:
+        index.items = [it for it in index.items if it.sha1 not in bad]
+
+
+def _home_class(group: list[Item]) -> str:
+    """The class a group of identical images is stratified under: its most common label."""
+    counts = Counter(it.label for it in group)
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
 def split(index: DataIndex, fractions: dict[str, float], seed: int) -> None:
     """Assign each image to train/val/test: stratified by class, seeded, duplicates kept together.
 
-    Images with identical bytes form one group that lands in a single split, so that no copy
-    of a test image is ever trained on. A pre-split folder keeps its own assignment.
+    Images with identical bytes form one group that lands in a single split, whatever their
+    labels, so that no copy of a test image is ever trained on. A pre-split folder keeps its
+    own assignment.
     """
     if index.presplit:
         return
     rng = np.random.default_rng(seed)
-    by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
+    by_hash: dict[str, list[Item]] = defaultdict(list)
     for it in index.items:
-        by_class[it.label][it.sha1].append(it)
+        by_hash[it.sha1].append(it)
+    by_class: dict[str, list[list[Item]]] = defaultdict(list)
+    for group in by_hash.values():
+        by_class[_home_class(group)].append(group)
     for cls in index.classes:
-        groups = list(by_class[cls].values())
+        groups = by_class[cls]
         n = sum(len(g) for g in groups)
         if len(groups) < len(SPLITS):
             raise DataError(
@@ -227,6 +266,13 @@ def _check_no_leak(index: DataIndex) -> None:
     leaks = [h for h, s in where.items() if len(s) > 1]
     if leaks and not index.presplit:  # cannot happen by construction; guard against regressions
         raise AssertionError(f"{len(leaks)} duplicate image(s) span several splits")
+
+
+def conflicts_report(index: DataIndex) -> dict:
+    """The groups of identical images with different labels, for data.json and the console."""
+    return {"groups": len(index.conflicting), "images": sum(len(g) for g in index.conflicting),
+            "dropped": index.conflicting_dropped,
+            "examples": [[{"path": p, "label": c} for p, c in g] for g in index.conflicting[:50]]}
 
 
 def duplicate_report(index: DataIndex) -> dict[str, int]:
@@ -290,9 +336,11 @@ def open_rgb(path: str | Path, size: int):
 
 
 def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | None = None,
-            cache_dir: str | None = None) -> DataIndex:
+            cache_dir: str | None = None, conflicting_labels: str = "drop") -> DataIndex:
     """Resolve, scan, limit and split a data source: everything done once before a search."""
     index = scan(resolve_source(source, cache_dir))
+    resolve_conflicting_labels(index, conflicting_labels)
+    _check_classes_not_empty(index)
     limit_per_class(index, limit, seed)
     split(index, fractions, seed)
     return index
@@ -311,4 +359,5 @@ def summary(index: DataIndex) -> dict:
         "skipped_non_images": index.skipped,
         "unreadable_images": [{"path": p, "error": e} for p, e in index.unreadable],
         "duplicates": duplicate_report(index),
+        "conflicting_labels": conflicts_report(index),
     }
