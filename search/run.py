@@ -130,11 +130,22 @@ def start_ray(address: str | None, verbose: bool):
 
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     if address:
-        ray.init(address=address, **kwargs, **ray_settings.init_kwargs(local=False))
+        ctx = ray.init(address=address, **kwargs, **ray_settings.init_kwargs(local=False))
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
-        ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
-                 **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))
+        ctx = ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
+                       **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))
+    if ctx.dashboard_url:
+        print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return True
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM (what `timeout`, systemd, Kubernetes and SLURM send) as Ctrl-C: Tune stops
+    the trials, saves its state and returns, the results are written with the unfinished trials
+    marked, the --resume command is printed, and the local Ray cluster is shut down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
 def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
@@ -277,12 +288,18 @@ def main(argv=None) -> int:
     if args.dry_run:
         print("\nresolved space:\n" + space_mod.describe(spec))
         return 0
-    owns_ray = start_ray(args.address, args.verbose)
+    owns_ray = False
     try:
+        owns_ray = start_ray(args.address, args.verbose)
+        stop_on_sigterm()  # after ray.init, whose own SIGTERM handler would abort this process
         table, interrupted = run_search(args, spec, name, index)
     except space_mod.SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before Tune took over the signal, or after it returned
+        print("\ninterrupted; rerun the same command to see what was kept (it says when --resume applies)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if owns_ray:
             import ray

@@ -113,3 +113,36 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "search interrupted" in out and "--name ctrlc --resume" in out
     trials = pd.read_csv(tmp_path / "res" / "ctrlc" / "trials.csv")  # the results so far are written
     assert "unfinished" in set(trials["status"])
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
+    """SIGTERM (timeout, systemd, Kubernetes, SLURM) to a search whose trial runs as a TorchTrainer
+    (the runtime whose worker and queue actor used to outlive the search)."""
+    cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage",
+           str(tmp_path / "res"), "--name", "term", "--set", "resources.use_ray_train=true",
+           "--set", "search.num_samples=2", "--set", "space.epochs=20", "--set", "search.scheduler.max_t=20"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines, strays = [], []
+    try:
+        for line in proc.stdout:  # pytest-timeout bounds this read
+            lines.append(line)
+            if " epoch 2/" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines += proc.stdout.readlines()
+        code = proc.wait(timeout=120)
+        time.sleep(3)
+        strays = _strays(proc.pid)
+    finally:
+        _kill_group(proc.pid)
+        for pid in _strays(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert code == 130, out
+    assert "search interrupted" in out and "--name term --resume" in out
+    assert "Ray dashboard: http://127.0.0.1:" in out
+    assert "unfinished" in set(pd.read_csv(tmp_path / "res" / "term" / "trials.csv")["status"])
+    assert not strays, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(map(str, strays))],
+                                      capture_output=True, text=True).stdout
