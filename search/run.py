@@ -59,6 +59,7 @@ def prepare(args) -> tuple:
     index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir,
                          d.conflicting_labels)
     space_mod.check_classes(args.space, spec, index.classes)
+    space_mod.check_pretrained_weights(args.space, spec)
     return spec, name, index
 
 

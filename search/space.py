@@ -429,3 +429,21 @@ def describe(spec: SpaceFile) -> str:
     """The resolved space as YAML, for --dry-run and the results folder."""
     body = spec.model_dump(exclude={"knobs"}, mode="json")
     return yaml.safe_dump(body, sort_keys=False)
+
+
+def check_pretrained_weights(path: str | Path, spec: SpaceFile) -> None:
+    """Every timm model the space can train with `pretrained: true` can get its weights here.
+
+    Called by the search before Ray starts (not by `load`, which analysis also uses offline)."""
+    from trainables.models import missing_pretrained_weights
+
+    k = spec.knobs
+    if "pretrained" not in k or True not in k["pretrained"].values():
+        return
+    allowed = k["pretrained"].when.get("model")
+    names = [m for m in (k["model"].values() if "model" in k else []) if m != "cnn" and (allowed is None or m in allowed)]
+    for name in names:
+        why = missing_pretrained_weights(name)
+        if why:
+            raise _fail(path, "space.model", f"pretrained weights for {name!r} cannot be had: {why}; download them once "
+                                             f"while online, give pretrained: /path/to/weights.pth, or pretrained: false")

@@ -9,6 +9,9 @@ name: the weights-file path, `unfreeze` and `head_epochs` then run for real.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import math
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from search import run as run_cli
 from search import space
 from search.optuna_space import YamlSpace
 from trainables import data, sessions, train_loop
+from tests.conftest import ROOT
 from trainables.params import TrialParams
 
 SEEDS = Path(__file__).resolve().parents[1] / "spaces" / "seeds"
@@ -154,12 +158,13 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
     assert (split.train, split.val, split.test) == case.get("split", (0.7, 0.15, 0.15))
     assert spec.data.source == "animal-mnist"
 
-    # the real CLI validates it (including class_multipliers against the data's classes)
-    assert run_cli.main([str(path), "--dry-run"]) == 0
+    # the real CLI validates it (including class_multipliers against the data's classes), given
+    # a local weights file where the seed's pretrained weights would come from the hub
+    extra = [f"space.pretrained={json.dumps(weights_file(case['weights']))}"] if case["weights"] else []
+    assert run_cli.main([str(path), "--dry-run", *(a for e in extra for a in ("--set", e))]) == 0
     assert "resolved space:" in capsys.readouterr().out
 
-    # shrunk, with a local weights file, and its seed config drawn through the define-by-run space
-    extra = [f"space.pretrained={json.dumps(weights_file(case['weights']))}"] if case["weights"] else []
+    # shrunk, with that weights file, and its seed config drawn through the define-by-run space
     small = space.load(path, shrink_overrides(path, case["shrink"], extra))
     run = {**split_file(case.get("split", (0.7, 0.15, 0.15))), "metric": small.search.metric,
            "mode": small.search.mode, **small.resources.model_dump()}
@@ -189,3 +194,16 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
         assert [r["trainable_blocks"] for r in session.history] == case["blocks"]
     else:
         assert "trainable_blocks" not in last
+
+
+@pytest.mark.timeout(120)
+def test_weights_that_cannot_be_had_stop_the_search_before_ray(tmp_path):
+    """Offline, with empty hub caches: one line naming the model and what to do, exit 2, no Ray."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
+    r = subprocess.run([sys.executable, "-m", "search.run", str(SEEDS / "2-efficientnetv2-b0-two-stage.yaml"),
+                        "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=100, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "space.model: pretrained weights for 'tf_efficientnetv2_b0.in1k' cannot be had" in line
+    assert "pretrained: /path/to/weights.pth, or pretrained: false" in line

@@ -159,6 +159,38 @@ def build(params: dict, num_classes: int) -> nn.Module:
     return model
 
 
+def missing_pretrained_weights(name: str) -> str | None:
+    """None when timm model `name` can get its pretrained weights here (embedded, in the local
+    Hugging Face or torch hub cache, or the hub answers); else why not, in a few words.
+
+    Asked before a search starts, so that weights that cannot be had stop it at once rather
+    than failing every trial inside Ray."""
+    import os
+
+    import timm
+
+    if name in EMBEDDED_WEIGHTS:
+        return None
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return f"timm has no pretrained weights for {name!r}"
+    if cfg.hf_hub_id:
+        import huggingface_hub
+
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
+            return None
+        try:
+            huggingface_hub.model_info(cfg.hf_hub_id, timeout=10)
+            return None
+        except Exception as e:  # offline, hub down, proxy: the trials could not download them either
+            return (f"they are not in the Hugging Face cache and the hub did not answer "
+                    f"({type(e).__name__}: {str(e)[:80]})")
+    if cfg.url and os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(cfg.url))):
+        return None
+    return f"they are not in the torch hub cache ({torch.hub.get_dir()}) and would be downloaded from {cfg.url}"
+
+
 def _timm_model(name: str, pretrained, num_classes: int, dropout: float) -> nn.Module:
     """A timm model with `num_classes` outputs (0 = its pooled features) and the weights asked for."""
     import timm
