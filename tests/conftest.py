@@ -13,9 +13,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """The embedded set is materialized once per test session, outside the user's cache."""
+    """The embedded set is materialized once per test session, outside the user's cache; and
+    the tests' home is a temporary folder, so that nothing (Ray's ~/.ray/auth_token, caches)
+    is written into the real one. Subprocesses inherit both."""
     os.environ["HPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
     yield
+
+
+def _ray_processes() -> set[int]:
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,args=", "-A"], capture_output=True, text=True).stdout.splitlines()
+    ray = ("raylet", "gcs_server", "ray::", "dashboard.py", "log_monitor.py", "monitor.py", "runtime_env/agent")
+    return {int(ln.split()[0]) for ln in out if any(w in ln for w in ray)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_process_survives_the_module():
+    """After each test module, every Ray process it started is gone (given a few seconds to exit)."""
+    import time
+
+    before = _ray_processes()
+    yield
+    deadline = time.time() + 20
+    while (left := _ray_processes() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes outlived the test module: {sorted(left)}"
 
 
 @pytest.fixture(scope="session")
