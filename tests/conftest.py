@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +93,28 @@ def folder(tmp_path):
 def write_space(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every live process of a process group, by PID."""
+    out = subprocess.run(["ps", "-o", "pid=,pgid=,stat=", "-A"], capture_output=True, text=True).stdout.splitlines()
+    for pid, group, stat in (ln.split()[:3] for ln in out if ln.strip()):
+        if int(group) == pgid and not stat.startswith("Z"):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def search_cli(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m search.run ARGS` in a process group of its own. When it returns or times out,
+    whatever is left of that group (a Ray cluster it started) is killed by PID; a timeout then
+    fails the test with subprocess.TimeoutExpired."""
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc.pid)
+        proc.wait(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -3,12 +3,9 @@ is allowed, and no Ray started (its temp dir is never created)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
-
-from tests.conftest import ROOT
+from tests.conftest import search_cli
 from trainables.params import KNOBS
 
 ROWS = [  # (space file text, the exact message after "error: {file}: ")
@@ -64,8 +61,7 @@ def test_each_bad_space_gets_its_one_line_message(tmp_path):
         i, (text, _) = i_row
         f = tmp_path / f"bad{i:02d}.yaml"
         f.write_text(text)
-        return subprocess.run([sys.executable, "-m", "search.run", str(f), "--storage", str(tmp_path / "res")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        return search_cli([str(f), "--storage", str(tmp_path / "res")], timeout=120, env=env)
 
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(run, enumerate(ROWS)))

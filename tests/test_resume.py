@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, search_cli
 
 def _kill_group(pgid: int) -> None:
     try:
@@ -69,10 +69,10 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     done_before = _recorded_done(exp)  # what the driver had recorded as finished when it died
     assert done_before, open(log.name).read()
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = search_cli(cmd[3:], timeout=300)
     assert again.returncode == 2 and "add --resume to continue it" in again.stderr  # said, not silently redone
 
-    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    resumed = search_cli(cmd[3:] + ["--resume"], timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming:" in resumed.stdout
     trials = pd.read_csv(exp / "trials.csv")

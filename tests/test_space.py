@@ -1,13 +1,10 @@
 """YAML validation: each bad input gives one line naming the file, the key and what is allowed."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from search import space
-from tests.conftest import ROOT, write_space
+from tests.conftest import ROOT, search_cli, write_space
 
 GOOD = """
 data: {source: animal-mnist}
@@ -100,8 +97,7 @@ def test_overrides_replace_values_and_are_validated(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return search_cli(list(args), timeout=120)
 
 
 def test_cli_bad_space_exits_2_with_one_line_before_ray(tmp_path):

@@ -11,6 +11,7 @@ there is more than one worker), the checkpoint to restore from, `report(row, sav
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -58,7 +59,13 @@ class LocalSession:
         return model.to(self.device)
 
     def restored_dir(self):
+        """The folder of the checkpoint to continue from, or None."""
         return None
+
+    @contextlib.contextmanager
+    def restored(self):
+        """`restored_dir()` for the duration of a `with` block."""
+        yield self.restored_dir()
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -66,10 +73,23 @@ class LocalSession:
     def epoch_started(self) -> None:
         """Called before each epoch; sessions that share a machine adjust to it here."""
 
+    def sync_buffers(self, model) -> None:
+        """Give every worker rank 0's buffers (batch-norm running statistics), as saved."""
+
     def report(self, row: dict, save) -> None:
         self.history.append(row)
         if self.checkpoint_dir is not None:
             save(self.checkpoint_dir)
+
+
+def _checkpoint_folder(ck):
+    """Yield a Ray checkpoint's folder: the stored one itself where it is on a local file system
+    (`as_directory` copies nothing then), else a downloaded copy; None for no checkpoint."""
+    if ck is None:
+        yield None
+        return
+    with ck.as_directory() as folder:
+        yield folder
 
 
 class TuneSession(LocalSession):
@@ -104,9 +124,9 @@ class TuneSession(LocalSession):
         free = self._ray.available_resources().get("CPU", 0)
         torch.set_num_threads(threads_with_idle_cpus(self.cpus, total, free, os.cpu_count() or 1))
 
-    def restored_dir(self):
-        ck = self._tune.get_checkpoint()
-        return ck.to_directory() if ck is not None else None
+    @contextlib.contextmanager
+    def restored(self):
+        yield from _checkpoint_folder(self._tune.get_checkpoint())
 
     def report(self, row: dict, save) -> None:
         row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb(),
@@ -137,11 +157,18 @@ class RayTrainSession:
     def epoch_started(self) -> None:
         pass
 
-    def restored_dir(self):
-        ck = self._train.get_checkpoint()
-        if ck is None:
-            return None
-        return ck.to_directory()
+    def sync_buffers(self, model) -> None:
+        """Each rank's last training step updated its own running statistics; rank 0's are the
+        ones its checkpoint saves, so every rank evaluates with those."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
+
+    @contextlib.contextmanager
+    def restored(self):
+        yield from _checkpoint_folder(self._train.get_checkpoint())
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:

@@ -152,8 +152,9 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             if freezing.n_blocks:
                 row["trainable_blocks"] = freezing.blocks
             if val is not None:
-                # the bare model: a DDP forward would sync buffers, a collective that a rank with no
-                # val images would never join
+                # the bare model, with rank 0's buffers: a DDP forward would sync them itself, in a
+                # collective that a rank with no val images would never join
+                session.sync_buffers(checkpoint.unwrap(model))
                 row.update(evaluate(checkpoint.unwrap(model), meta, *val, device=device, amp=amp, session=session))
             row["epoch_of"] = params.epochs
             lr_schedule.after_epoch(epoch, row[objective], mode)
@@ -175,11 +176,11 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
 
 def _restore(session, model, opt, lr_schedule, stopper) -> int:
     """Load the session's checkpoint, if any, into the model and training state; the first epoch to run."""
-    restored = session.restored_dir()
-    if not restored:
-        return 1
-    model.load_state_dict(torch.load(Path(restored) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True))
-    state = checkpoint.load_train_state(restored)
+    with session.restored() as restored:
+        if not restored:
+            return 1
+        model.load_state_dict(torch.load(Path(restored) / checkpoint.WEIGHTS, map_location="cpu", weights_only=True))
+        state = checkpoint.load_train_state(restored)
     if not state:
         return 1
     opt.load_state_dict(state["optimizer"])
