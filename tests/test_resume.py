@@ -14,14 +14,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, search_cli
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
+from tests.conftest import ROOT, kill_group, search_cli
 
 def _strays(pgid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,pgid=", "-A"], capture_output=True, text=True).stdout.split("\n")
@@ -60,7 +53,7 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
             time.sleep(0.2)
         assert proc.poll() is None, "the search ended before it could be killed:\n" + open(log.name).read()
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         proc.wait(timeout=60)
         time.sleep(2)
         for pid in _strays(proc.pid):  # Ray's agents may outlive the group kill: stop them by PID
@@ -106,7 +99,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
         lines += proc.stdout.readlines()
         assert proc.wait(timeout=120) == 130, "".join(lines)
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         for pid in _strays(proc.pid):
             os.kill(pid, signal.SIGKILL)
     out = "".join(lines)
@@ -136,7 +129,7 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
         time.sleep(3)
         strays = _strays(proc.pid)
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         for pid in _strays(proc.pid):
             os.kill(pid, signal.SIGKILL)
     out = "".join(lines)
