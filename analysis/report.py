@@ -39,11 +39,11 @@ def _table(df: pd.DataFrame, floats: str = "{:.4g}") -> str:
 
 
 def histories(results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Per-trial, per-epoch results keyed by trial id (Tune's own records, read offline)."""
-    from ray import tune
+    """Per-trial, per-epoch results keyed by trial id (Tune's own records, read as plain JSON)."""
+    from search import tune_files
 
-    return {k: v.sort_values("epoch") for k, v in tune.ExperimentAnalysis(str(results_dir)).trial_dataframes.items()
-            if "epoch" in v}
+    return {t.trial_id: t.reports.sort_values("epoch", kind="stable")
+            for t in tune_files.read_trials(results_dir) if "epoch" in t.reports}
 
 
 def _fmt(v) -> str:
@@ -302,80 +302,116 @@ def asha_rungs(info: dict, spec) -> list[int]:
     return rungs
 
 
-def build(results_dir: str | Path) -> Path:
-    from search import space as space_mod
+SECTIONS = ("summary", "leaderboard", "curves", "knobs", "best", "test")
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+         "table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+         "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
+
+
+def _section(sid: str, title: str, *body: str) -> str:
+    return f"<section id='{sid}'><h2>{SECTIONS.index(sid) + 1}. {title}</h2>{''.join(body)}</section>"
+
+
+def _summary_section(r: dict) -> str:
+    info, table, data_summary, spec = r["info"], r["table"], r["data"], r["spec"]
+    counts, classes = data_summary["counts"], data_summary["classes"]
+    epochs_run = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
+    full = len(table) * info["max_epochs"]
+    wall = sum(float(h["time_total_s"].max()) for h in r["hist"].values() if "time_total_s" in h)
+    return _section(
+        "summary", "Data, space and budget",
+        f"<p>Data: {html.escape(data_summary['root'])}: {data_summary['images']} images, {len(classes)} classes, "
+        f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {info['metric']} ({info['mode']}).</p>",
+        _table(pd.DataFrame({"class": classes, **{s: [counts[s][c] for c in classes] for s in counts}})),
+        f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
+        f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
+        f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
+        f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as complete "
+        "with their last score.</p>",
+        f"<details><summary>search space</summary><pre>{html.escape(r['space_text'])}</pre></details>")
+
+
+def _leaderboard_section(r: dict) -> str:
+    board, info = r["board"], r["info"]
+    cols = ["trial_id", "status", "epochs_run", r["col"], "best_epoch", *info["knobs"], "error"]
+    return _section("leaderboard", "Leaderboard", _table(board[[c for c in cols if c in board]]))
+
+
+def _curves_section(r: dict) -> str:
+    return _section("curves", "Learning curves and ASHA", _curves_plot(r["board"], r["hist"], r["info"]),
+                    _asha_plot(r["table"], r["hist"], r["info"], asha_rungs(r["info"], r["spec"])))
+
+
+def _knobs_section(r: dict) -> str:
+    table, info, col = r["table"], r["info"], r["col"]
+    eff = effects(table, info, importances(table, info))
+    return _section(
+        "knobs", "Which knobs mattered",
+        f"<p>Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
+        "trials with a result (rough with few trials); effect: how the objective moves with the knob.</p>",
+        _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
+        _parallel_plot(table, info, info["knobs"]),
+        _scatter_plots(table, info, list(eff["knob"]) if not eff.empty else []))
+
+
+def _best_section(r: dict) -> str:
+    board, col = r["board"], r["col"]
+    if col not in board or not board[col].notna().any():
+        return ""
+    best = board.iloc[0]
+    val = best_on_val(r["dir"], best, r["info"])
+    return _section(
+        "best", f"The best trial: {best['trial_id']}",
+        f"<p>Validation accuracy {val['val_acc']:.4f}, macro F1 {val['val_macro_f1']:.4f}, "
+        f"worst-class recall {val['val_min_recall']:.4f}.</p>",
+        _confusion_plot(val["confusion"], r["data"]["classes"], "validation"),
+        _table(pd.DataFrame(val["per_class"])), _wrong_grid(val["wrong"]))
+
+
+def _test_section(r: dict) -> str:
     from trainables import metrics
 
-    results_dir = Path(results_dir).resolve()
+    test_file = r["dir"] / "retrained" / "test_metrics.json"
+    if not test_file.is_file():
+        return _section("test", "Held-out test split",
+                        f"<p>Not tested yet: run <code>python -m analysis.retrain {html.escape(str(r['dir']))}</code>"
+                        " and build this report again.</p>")
+    t = json.loads(test_file.read_text())
+    n = t["test_images"]
+    low, high = t.get("test_acc_ci95") or metrics.wilson_interval(round(t["test_acc"] * n), n)
+    body = [f"<p>Retrained on train+val, tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
+            f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>"]
+    if "confusion" in t:
+        body += [_confusion_plot(t["confusion"], r["data"]["classes"], "test"),
+                 _table(pd.DataFrame(t["test_per_class"]))]
+    return _section("test", "Held-out test split", *body)
+
+
+def _read(results_dir: Path) -> dict:
+    """Everything the sections draw from, read once from the results folder's plain files."""
+    from search import space as space_mod
+
     info = results.read_search_info(results_dir)
     table = results.trials_table(results_dir)
-    board = results.leaderboard(table, info)
-    hist = histories(results_dir)
-    data_summary = json.loads((results_dir / "data.json").read_text())
-    space_text = (results_dir / "space.yaml").read_text()
     try:
         spec = space_mod.load(results_dir / "space.yaml")
     except space_mod.SpaceError:
         spec = None
-    col = f"best_{info['metric']}"
-    rungs = asha_rungs(info, spec)
-    epochs_run = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
-    full = len(table) * info["max_epochs"]
-    wall = sum(float(h["time_total_s"].max()) for h in hist.values() if "time_total_s" in h)
-    counts = data_summary["counts"]
-    classes = data_summary["classes"]
+    return {"dir": results_dir, "info": info, "table": table, "board": results.leaderboard(table, info),
+            "hist": histories(results_dir), "data": json.loads((results_dir / "data.json").read_text()),
+            "space_text": (results_dir / "space.yaml").read_text(), "spec": spec, "col": f"best_{info['metric']}"}
 
-    parts = [f"<h1>Search report: {html.escape(info['name'])}</h1>",
-             "<h2 id='summary'>1. Data, space and budget</h2>",
-             f"<p>Data: {html.escape(data_summary['root'])}: {data_summary['images']} images, {len(classes)} classes, "
-             f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {info['metric']} ({info['mode']}).</p>",
-             _table(pd.DataFrame({"class": classes, **{s: [counts[s][c] for c in classes] for s in counts}})),
-             f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
-             f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
-             f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
-             f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as complete "
-             "with their last score.</p>",
-             f"<details><summary>search space</summary><pre>{html.escape(space_text)}</pre></details>",
-             "<h2 id='leaderboard'>2. Leaderboard</h2>",
-             _table(board[[c for c in ["trial_id", "status", "epochs_run", col, "best_epoch", *info["knobs"], "error"]
-                           if c in board]])]
-    parts += ["<h2 id='curves'>3. Learning curves and ASHA</h2>", _curves_plot(board, hist, info),
-              _asha_plot(table, hist, info, rungs)]
-    imp = importances(table, info)
-    eff = effects(table, info, imp)
-    parts += ["<h2 id='knobs'>4. Which knobs mattered</h2>",
-              f"<p>Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
-              "trials with a result (rough with few trials); effect: how the objective moves with the knob.</p>",
-              _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
-              _parallel_plot(table, info, info["knobs"]),
-              _scatter_plots(table, info, list(eff["knob"]) if not eff.empty else [])]
-    if col in board and board[col].notna().any():
-        best = board.iloc[0]
-        val = best_on_val(results_dir, best, info)
-        parts += [f"<h2 id='best'>5. The best trial: {best['trial_id']}</h2>",
-                  f"<p>Validation accuracy {val['val_acc']:.4f}, macro F1 {val['val_macro_f1']:.4f}, "
-                  f"worst-class recall {val['val_min_recall']:.4f}.</p>",
-                  _confusion_plot(val["confusion"], classes, "validation"), _table(pd.DataFrame(val["per_class"])),
-                  _wrong_grid(val["wrong"])]
-    test_file = results_dir / "retrained" / "test_metrics.json"
-    parts.append("<h2 id='test'>6. Held-out test split</h2>")
-    if test_file.is_file():
-        t = json.loads(test_file.read_text())
-        n = t["test_images"]
-        low, high = t.get("test_acc_ci95") or metrics.wilson_interval(round(t["test_acc"] * n), n)
-        parts += [f"<p>Retrained on train+val, tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
-                  f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>"]
-        if "confusion" in t:
-            parts += [_confusion_plot(t["confusion"], classes, "test"), _table(pd.DataFrame(t["test_per_class"]))]
-    else:
-        parts.append(f"<p>Not tested yet: run <code>python -m analysis.retrain {html.escape(str(results_dir))}</code>"
-                     " and build this report again.</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-             "table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-             "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(info['name'])}</title>" \
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
-    out = results_dir / "report.html"
+
+def build(results_dir: str | Path) -> Path:
+    """Write RESULTS_DIR/report.html: one <section> per entry of SECTIONS, plots inlined."""
+    r = _read(Path(results_dir).resolve())
+    sections = [_summary_section, _leaderboard_section, _curves_section, _knobs_section, _best_section,
+                _test_section]
+    body = "".join(f(r) for f in sections)
+    name = html.escape(r["info"]["name"])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title><style>{STYLE}</style>"
+            f"</head><body><h1>Search report: {name}</h1>{body}</body></html>")
+    out = r["dir"] / "report.html"
     out.write_text(page)
     return out
 

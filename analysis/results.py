@@ -1,7 +1,9 @@
 """Read a finished (or interrupted) search's results folder into one table of trials.
 
-Works offline, with no Ray cluster: Tune's `ExperimentAnalysis` reads the trial folders, and
-`search.json` (written by the search) says which metric, mode and knobs the search used.
+Works offline, with no Ray cluster, and reads plain files only (JSON, CSV): `search.tune_files`
+reads Tune's trial records without unpickling anything, and `search.json` (written by the search)
+says which metric, mode and knobs the search used. A results folder received from someone else
+can be ranked, reported and retrained safely; only `--resume` loads Tune's pickled state.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
+from search import tune_files
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.csv"
@@ -58,11 +62,10 @@ def classify_error_file(path: str | Path | None, config: dict) -> tuple[str, str
     return classify_failure(Path(path).read_text(errors="replace"), config)
 
 
-def _failure(trial) -> tuple[str, str, str]:
+def _failure(trial: tune_files.TrialRecord) -> tuple[str, str, str]:
     """(status, reason, traceback path) of a trial Tune marked ERROR."""
-    path = Path(trial.path) / "error.txt"  # trial.error_file needs a live Ray session
-    status, reason = classify_error_file(path, trial.config)
-    return status, reason, str(path) if path.is_file() else ""
+    status, reason = classify_error_file(trial.error_file, trial.config)
+    return status, reason, str(trial.error_file or "")
 
 
 def _checkpoint_of(row: pd.Series, trial_dir: str) -> str:
@@ -75,42 +78,40 @@ def _checkpoint_of(row: pd.Series, trial_dir: str) -> str:
     return str(Path(trial_dir) / name) if isinstance(name, str) and name else ""
 
 
+def _read_trials(results_dir: Path) -> list[tune_files.TrialRecord]:
+    try:
+        return tune_files.read_trials(results_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # no state yet, or a damaged one
+        raise ResultsError(f"{results_dir}: no readable Tune experiment state "
+                           f"({type(e).__name__}: {e})") from None
+
+
 def search_state(results_dir: str | Path) -> dict | None:
     """None if no search ran here; else how many trials finished and whether any is left to run."""
     results_dir = Path(results_dir)
-    if not (results_dir / SEARCH_FILE).is_file() or not any(results_dir.glob("experiment_state-*.json")):
+    if not (results_dir / SEARCH_FILE).is_file() or not tune_files.has_state(results_dir):
         return None
-    from ray import tune
-
     info = read_search_info(results_dir)
-    trials = tune.ExperimentAnalysis(str(results_dir)).trials
-    finished = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+    finished = sum(1 for t in _read_trials(results_dir) if t.status in tune_files.FINISHED)
     return {"finished": finished, "num_samples": info["num_samples"], "unfinished": finished < info["num_samples"]}
 
 
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
     """One row per trial: id, status, epochs run, best objective and its epoch and checkpoint, knobs."""
-    from ray import tune
-
     results_dir = Path(results_dir).resolve()
     info = read_search_info(results_dir)
     metric, mode = info["metric"], info["mode"]
-    try:
-        ea = tune.ExperimentAnalysis(str(results_dir), default_metric=metric, default_mode=mode)
-    except Exception as e:  # no experiment state yet: the search never started a trial
-        raise ResultsError(f"{results_dir}: no Tune experiment found ({type(e).__name__}: {e})") from None
-    frames = ea.trial_dataframes
     rows = []
-    for t in ea.trials:
-        df = frames.get(t.trial_id)
+    for t in _read_trials(results_dir):
+        df = t.reports
         row = {"trial_id": t.trial_id}
         knobs = {k: v for k, v in t.config.items() if k != "run"}
         failed = _failure(t) if t.status == "ERROR" else None
-        if df is None or df.empty or metric not in df:
+        if df.empty or metric not in df or "epoch" not in df:
             row.update(status=failed[0] if failed else "unfinished" if t.status != "TERMINATED" else "no results",
                        epochs_run=0)
         else:
-            df = df.sort_values("epoch")
+            df = df.sort_values("epoch", kind="stable")
             best = df[metric].max() if mode == "max" else df[metric].min()
             best_i = df.index[df[metric] == best][-1]  # the latest of tied epochs: Ray keeps its checkpoint
             epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
@@ -123,11 +124,11 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
-                checkpoint=_checkpoint_of(df.loc[best_i], t.path),
+                checkpoint=_checkpoint_of(df.loc[best_i], str(t.path)),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")
         row.update(knobs)
-        row["trial_dir"] = t.path
+        row["trial_dir"] = str(t.path)
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

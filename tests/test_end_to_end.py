@@ -2,11 +2,17 @@
 
 It runs the shipped spaces/smoke.yaml: three `cnn` trials on 16 px images, one at a time so
 that ASHA's decision is certain: the first (a good learning rate) sets the rung-1 cutoff, the
-second (lr=1e-6, learns nothing) falls below it and must be stopped after epoch 1.
+second (lr=1e-6, learns nothing) falls below it and must be stopped after epoch 1. The search
+runs once per module; its results folder then serves every test here.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import json
+import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -18,12 +24,11 @@ import pytest
 import ray
 import torch
 
-from analysis import rank, retrain
+from analysis import predict, rank, retrain
 from analysis import report as analysis_report
 from search import run
 from trainables import checkpoint, data
 from tests.conftest import ROOT
-
 
 
 def _alive_train_workers() -> int:
@@ -32,12 +37,21 @@ def _alive_train_workers() -> int:
     return sum(1 for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker")
 
 
-def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
-    smoke = ROOT / "spaces" / "smoke.yaml"
-    args = [str(smoke), "--storage", str(tmp_path / "results"), "--name", "e2e", "--set", "checkpoint.keep=1"]
-    assert run.main(args) == 0
-    out = capsys.readouterr().out
-    exp = tmp_path / "results" / "e2e"
+@pytest.fixture(scope="module")
+def searched(ray_cluster, tmp_path_factory, animal_root):
+    """(results folder, what the search printed) of one run of spaces/smoke.yaml."""
+    storage = tmp_path_factory.mktemp("e2e") / "results"
+    args = [str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(storage), "--name", "e2e",
+            "--set", "checkpoint.keep=1"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run.main(args) == 0
+    return storage / "e2e", out.getvalue()
+
+
+@pytest.mark.timeout(600)
+def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
+    exp, out = searched
     assert "stopped by ASHA after epoch 1/3" in out and f"results: {exp}" in out
 
     # No Train worker outlives its trial, ASHA-stopped ones included: every CPU comes back.
@@ -98,10 +112,105 @@ def test_search_rank_retrain(ray_cluster, tmp_path, animal_root, capsys):
     order = re.findall(r"<td>([0-9a-f]{8})</td>", page[page.index("id='leaderboard'"):page.index("id='curves'")])
     assert order == list(board["trial_id"])
     assert "95% Wilson interval" in page
-    chromium = shutil.which("chromium")
-    if chromium:  # where Debian's Chromium is installed: the page renders from disk, plots included
-        shot = tmp_path / "report.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,4000",
-                        f"--screenshot={shot}", (exp / "report.html").as_uri()], capture_output=True, timeout=120)
-        assert shot.stat().st_size > 100_000  # a blank page is a few kB
+
+
+def _screenshot(page: str, tmp_path, name: str) -> "np.ndarray":
+    """Chromium's rendering of an HTML page, as a greyscale pixel array (1200 px wide)."""
+    import numpy as np
+    from PIL import Image
+
+    src, shot = tmp_path / f"{name}.html", tmp_path / f"{name}.png"
+    src.write_text(page)
+    subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--disable-background-networking", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}",
+                    "--window-size=1200,3000", f"--screenshot={shot}", src.as_uri()], capture_output=True, timeout=120)
+    return np.asarray(Image.open(shot).convert("RGB"))
+
+
+def _only(page: str, section: str | None) -> str:
+    """The page with every section hidden but SECTION (and no title)."""
+    keep = f"section#{section}{{display:block}}" if section else ""
+    return page.replace("</head>", f"<style>h1,section{{display:none}}{keep}</style></head>")
+
+
+@pytest.mark.timeout(300)
+def test_report_renders_every_section(searched, tmp_path):
+    """Pixels, not strings: Chromium renders each section of the report on its own, and each one
+    draws text and (where it holds plots) colour; the page with every section hidden draws none."""
+    if not shutil.which("chromium"):
+        if os.environ.get("HPO_TEST_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed: `apt-get install -y chromium` to check the report's rendering")
+    exp, _ = searched
+    assert analysis_report.main([str(exp)]) == 0
+    page = (exp / "report.html").read_text()
+    inked = lambda px: int((px.min(axis=2) < 200).sum())  # noqa: E731  dark enough to be text or a line
+    coloured = lambda px: int((px.max(axis=2).astype(int) - px.min(axis=2) > 60).sum())  # noqa: E731
+    assert inked(_screenshot(_only(page, None), tmp_path, "none")) == 0
+    assert inked(_screenshot(page, tmp_path, "all")) > 50_000
+    for section in analysis_report.SECTIONS:
+        px = _screenshot(_only(page, section), tmp_path, section)
+        assert inked(px) > 2_000, f"section {section} renders (almost) nothing"
+        if section in ("curves", "knobs", "best"):
+            assert coloured(px) > 100, f"section {section} shows no plot"
+
+
+class _Trap:
+    """Unpickling this appends a line to MARKER: the proof that something ran a file's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'a').write('unpickled\\n')",)
+
+
+def _arm(value, trap_hex: str):
+    """A JSON value with every pickled field Tune wrote (hex strings, cloudpickle fallbacks, the
+    trial states nested as JSON strings) replaced by the trap."""
+    if isinstance(value, dict):
+        if value.get("_type") == "CLOUDPICKLE_FALLBACK":
+            return {**value, "value": trap_hex}
+        return {k: _arm(v, trap_hex) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_arm(v, trap_hex) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"80(0[2-5])[0-9a-f]*", value):
+        return trap_hex
+    if isinstance(value, str) and value.startswith("{"):
+        with contextlib.suppress(ValueError):
+            return json.dumps(_arm(json.loads(value), trap_hex))
+    return value
+
+
+def _booby_trap(exp, marker) -> int:
+    """Every pickle in a results folder replaced by the trap; returns how many were armed."""
+    trap = pickle.dumps(_Trap(marker))
+    pickles = [p for p in exp.rglob("*.pkl")]
+    for p in pickles:
+        p.write_bytes(trap)
+    for state in exp.glob("experiment_state-*.json"):
+        state.write_text(json.dumps(_arm(json.loads(state.read_text()), trap.hex())))
+    return len(pickles)
+
+
+@pytest.mark.timeout(600)
+def test_analysis_never_unpickles_a_received_results_folder(searched, tmp_path, capsys):
+    exp = tmp_path / "received"
+    shutil.copytree(searched[0], exp, ignore=shutil.ignore_patterns("retrained", "report.html"))
+    marker = tmp_path / "code-ran.txt"
+    assert _booby_trap(exp, marker) >= 5  # tuner, searcher state, and each trial's params.pkl
+
+    assert rank.main([str(exp)]) == 0
+    assert analysis_report.main([str(exp)]) == 0
+    assert retrain.main([str(exp), "--out", str(tmp_path / "final")]) == 0
+    assert predict.main([str(tmp_path / "final" / "model"), str(ROOT / "tests" / "data" / "chelsea.jpg")]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "chelsea.jpg" in out
+    assert not marker.exists(), "analysis ran code from a pickle in the results folder"
+
+    # The trap is live: Tune's own reader, which analysis used to call, runs it.
+    from ray import tune
+
+    with contextlib.suppress(Exception):
+        tune.ExperimentAnalysis(str(exp))
+    assert marker.exists()

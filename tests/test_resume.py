@@ -27,10 +27,10 @@ def _iterations(trial_dir) -> int:
 
 def _recorded_done(exp) -> dict[str, int]:
     """Trials the driver's last experiment snapshot records as finished, with their reports."""
-    from ray import tune
+    from search import tune_files
 
     try:
-        trials = tune.ExperimentAnalysis(str(exp)).trials
+        trials = tune_files.read_trials(exp)
     except Exception:  # no snapshot yet, or one being written
         return {}
     return {t.trial_id: _iterations(t.path) for t in trials if t.status == "TERMINATED"}

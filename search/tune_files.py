@@ -1,0 +1,94 @@
+"""Read Tune's records of a search from plain JSON files only: never its pickles.
+
+A results folder may come from someone else. Tune's own reader (`ExperimentAnalysis`) rebuilds
+its trials with cloudpickle, so ranking such a folder would run whatever code it holds. Here
+every file is read with `json`:
+- `experiment_state-*.json` (the newest): each trial's id, status and folder. Its pickled fields
+  are hex strings inside the JSON, which this module never decodes.
+- each trial folder's `params.json` (the trial's config) and `result.json` (one JSON line per
+  report).
+
+Which file names and keys Tune writes is Ray's layout: `tests/test_ray_layout.py` checks it
+against a real search so that an upgrade that changes it fails a test, not a user.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+STATE_GLOB = "experiment_state-*.json"
+PARAMS_FILE = "params.json"
+RESULTS_FILE = "result.json"
+ERROR_FILE = "error.txt"
+
+FINISHED = ("TERMINATED", "ERROR")
+
+
+@dataclass
+class TrialRecord:
+    """One trial as Tune recorded it: status is Tune's (PENDING, RUNNING, PAUSED, TERMINATED,
+    ERROR); reports has one row per report, in the order they came."""
+    trial_id: str
+    status: str
+    path: Path
+    config: dict = field(default_factory=dict)
+    reports: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def error_file(self) -> Path | None:
+        p = self.path / ERROR_FILE
+        return p if p.is_file() else None
+
+
+def has_state(results_dir: str | Path) -> bool:
+    return any(Path(results_dir).glob(STATE_GLOB))
+
+
+def _newest_state(results_dir: Path) -> dict:
+    files = sorted(results_dir.glob(STATE_GLOB))  # named by start time: the last is the newest
+    if not files:
+        raise FileNotFoundError(f"{results_dir}: no {STATE_GLOB}")
+    return json.loads(files[-1].read_text())
+
+
+def _trial_state(entry) -> dict:
+    """One `trial_data` entry: [trial state JSON, run metadata JSON], as Ray 2.x writes it."""
+    return json.loads(entry[0] if isinstance(entry, (list, tuple)) else entry)
+
+
+def read_reports(trial_dir: Path) -> pd.DataFrame:
+    """A trial's reports from result.json; a line cut short by a kill is skipped."""
+    rows = []
+    p = trial_dir / RESULTS_FILE
+    if p.is_file():
+        for line in p.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows)
+
+
+def read_config(trial_dir: Path, fallback) -> dict:
+    p = trial_dir / PARAMS_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            pass
+    return fallback if isinstance(fallback, dict) else {}
+
+
+def read_trials(results_dir: str | Path) -> list[TrialRecord]:
+    """Every trial of the search in RESULTS_DIR, as its newest experiment state lists them."""
+    results_dir = Path(results_dir)
+    trials = []
+    for entry in _newest_state(results_dir).get("trial_data", []):
+        s = _trial_state(entry)
+        path = results_dir / (s.get("relative_logdir") or f"trial_{s['trial_id']}")
+        trials.append(TrialRecord(trial_id=s["trial_id"], status=s.get("status", "PENDING"), path=path,
+                                  config=read_config(path, s.get("config")), reports=read_reports(path)))
+    return trials
