@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from search import space as space_mod
-from trainables import data
+from trainables import cache_budget, data
 from trainables.params import TrialParams
 
 EXIT_BAD_INPUT = 2
@@ -56,6 +56,10 @@ def prepare(args) -> tuple:
     _abs_storage(args.storage)
     name = args.name or spec.name or Path(args.space).stem
     d = spec.data
+    try:
+        cache_budget.cap_bytes(d.cache_max_gb)  # a bad HPO_CACHE_MAX_GB is found before anything starts
+    except cache_budget.CacheFull as e:
+        raise space_mod.SpaceError(str(e)) from None
     index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir,
                          d.conflicting_labels)
     space_mod.check_classes(args.space, spec, index.classes)
@@ -195,6 +199,7 @@ def run_search(args, spec, name: str, index):
         "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
         "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
         "cache_dir": str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
+        "cache_max_gb": spec.data.cache_max_gb,
         **spec.resources.model_dump(),
     }
     warm_cache(spec, info, context["cache_dir"])
@@ -264,7 +269,8 @@ def warm_cache(spec, info: dict, cache_dir: str) -> None:
     for split_name in ("train", "val"):
         items = data.read_split(info["split_file"], (split_name,))
         for size in sorted(set(sizes)):
-            data.load_images(info["data_root"], items, info["class_names"], int(size), cache_dir, stream=sys.stdout)
+            data.load_images(info["data_root"], items, info["class_names"], int(size), cache_dir, stream=sys.stdout,
+                             cache_max_gb=spec.data.cache_max_gb)
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,11 @@ class DataSpec(_Strict):
     source: str = Field("animal-mnist", description="image folder, or 'animal-mnist' (embedded)")
     split: SplitSpec = SplitSpec()
     limit_per_class: Optional[int] = Field(None, ge=3)
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = Field(None, description="where decoded images are cached; default "
+                                                          "~/.cache/hpo-finetune (or HPO_CACHE_DIR)")
+    cache_max_gb: Optional[float] = Field(None, gt=0, description="cap on the decoded-image cache; least recently "
+                                                                  "used files go first; default: HPO_CACHE_MAX_GB, "
+                                                                  "else 20")
     conflicting_labels: Literal["drop", "keep"] = Field(
         "drop", description="byte-identical images filed under different classes: drop them (their label is "
                             "unknowable) or keep every copy with its own label")

@@ -114,8 +114,8 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     assert "95% Wilson interval" in page
 
 
-def _screenshot(page: str, tmp_path, name: str) -> "np.ndarray":
-    """Chromium's rendering of an HTML page, as a greyscale pixel array (1200 px wide)."""
+def _screenshot(page: str, tmp_path, name: str):
+    """Chromium's rendering of an HTML page, as an RGB pixel array (1200×3000)."""
     import numpy as np
     from PIL import Image
 

@@ -305,7 +305,7 @@ def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
 
 
 def load_images(root: str | Path, items: list[Item], classes: list[str], image_size: int,
-                cache_dir: str | Path | None = None, stream=None):
+                cache_dir: str | Path | None = None, stream=None, cache_max_gb: float | None = None):
     """The images of `items` as uint8 N×3×S×S (memory-mapped from the decoded-once cache), and labels.
 
     The first call for a file list and size decodes the images (see `trainables.image_cache`);
@@ -313,11 +313,14 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
     """
     import torch
 
-    from trainables import image_cache
+    from trainables import cache_budget, image_cache
 
     lookup = {c: i for i, c in enumerate(classes)}
-    arr = image_cache.open_or_build(root, [it.path for it in items], image_size, cache_dir or default_cache_dir(),
-                                    stream=stream)
+    try:
+        arr = image_cache.open_or_build(root, [it.path for it in items], image_size,
+                                        cache_dir or default_cache_dir(), stream=stream, max_gb=cache_max_gb)
+    except cache_budget.CacheFull as e:
+        raise DataError(str(e)) from None
     y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
     return torch.from_numpy(arr), y
 

@@ -8,7 +8,8 @@ share it through the page cache, and a second search on the same data finds it a
 The file's name is a hash of the image list (path, byte size, mtime) and the size, so editing,
 adding or removing an image gives a new file; nothing stale is ever read. It is written to a
 temporary name and renamed, under a lock, so concurrent trials build it once and a crash never
-leaves a half-written cache.
+leaves a half-written cache. `trainables.cache_budget` keeps the folder within its size cap and
+the disk's free space.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainables import cache_budget
+
 CACHE_VERSION = 1  # bump when the decoding (resize filter, alpha handling) changes
 
 
@@ -36,8 +39,12 @@ def cache_key(root: Path, paths: list[str], image_size: int) -> str:
     return h.hexdigest()[:24]
 
 
+def decoded_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir).expanduser() / "decoded"
+
+
 def cache_path(cache_dir: Path, root: Path, paths: list[str], image_size: int) -> Path:
-    return Path(cache_dir) / "decoded" / f"{cache_key(root, paths, image_size)}-{len(paths)}x{image_size}.npy"
+    return decoded_dir(cache_dir) / f"{cache_key(root, paths, image_size)}-{len(paths)}x{image_size}.npy"
 
 
 def _progress(label: str, done: int, total: int, started: float, stream) -> None:
@@ -59,7 +66,7 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
     """
     from trainables.data import DataError, open_rgb
 
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = cache_budget.partial_name(dest)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size))
 
     def one(i: int) -> None:
@@ -77,6 +84,8 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
                 if done % step == 0 or done == len(paths):
                     _progress(label, done, len(paths), started, stream)
         out.flush()
+        dest.with_suffix(".json").write_text(json.dumps({"source": str(root), "images": len(paths),
+                                                         "image_size": int(image_size)}))
         os.replace(tmp, dest)
     finally:
         if stream is not None and getattr(stream, "isatty", lambda: False)():
@@ -85,11 +94,12 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
 
 
 def open_or_build(root: str | Path, paths: list[str], image_size: int, cache_dir: str | Path,
-                  stream=sys.stderr) -> np.ndarray:
+                  stream=sys.stderr, max_gb: float | None = None) -> np.ndarray:
     """The decoded images of `paths` (in that order), memory-mapped, built if missing.
 
     Mapped copy-on-write: torch can wrap it without a copy, and pages stay shared between the
-    trials of a node because nothing writes to them."""
+    trials of a node because nothing writes to them. Before a build the cache is trimmed to
+    its cap (MAX_GB, see `cache_budget.cap_bytes`), never removing a file this process uses."""
     root = Path(root)
     dest = cache_path(Path(cache_dir), root, paths, image_size)
     if not dest.exists():
@@ -97,5 +107,17 @@ def open_or_build(root: str | Path, paths: list[str], image_size: int, cache_dir
         with open(dest.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial waits for the first one's build
             if not dest.exists():
+                cache_budget.sweep_partials(dest.parent)
+                need = len(paths) * 3 * image_size * image_size + 4096  # pixels + .npy header
+                removed = cache_budget.make_room(dest.parent, need, cache_budget.cap_bytes(max_gb), _used | {dest})
+                if removed and stream is not None:
+                    print(f"  cache: removed {len(removed)} least recently used file(s), "
+                          f"{cache_budget.human(sum(e.bytes for e in removed))}, to stay under the cap",
+                          file=stream, flush=True)
                 build(root, paths, image_size, dest, stream=stream)
+    cache_budget.touch(dest)
+    _used.add(dest)
     return np.load(dest, mmap_mode="c")
+
+
+_used: set[Path] = set()  # files this process has mapped: never evicted by its own builds

@@ -78,7 +78,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
 
     rows = data.read_split(run["split_file"], tuple(train_splits) + ((val_split,) if val_split else ()))
     load = functools.partial(data.load_images, run["data_root"], classes=classes, image_size=params.image_size,
-                             cache_dir=run.get("cache_dir"))
+                             cache_dir=run.get("cache_dir"), cache_max_gb=run.get("cache_max_gb"))
     x_train, y_train = load([r for r in rows if r.split in train_splits])
     val = load([r for r in rows if r.split == val_split]) if val_split else None
 
