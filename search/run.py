@@ -91,8 +91,12 @@ def print_data_summary(summ: dict) -> None:
             print("    " + " = ".join(f"{g['path']} ({g['label']})" for g in group))
         if conflicts["groups"] > 10:
             print(f"    ... {conflicts['groups'] - 10} more groups in data.json")
+    ignored = summ.get("ignored", [])
+    for why in sorted({i["why"] for i in ignored}):
+        paths = [i["path"] for i in ignored if i["why"] == why]
+        print(f"  ignored {len(paths)} ({why}): " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
     for label, paths in (("non-image files", summ["skipped_non_images"]),
-                         ("unreadable images", [f"{u['path']} ({u['error'][:80]})" for u in summ["unreadable_images"]])):
+                         ("unreadable images", [f"{u['path']} ({u['error'][:160]})" for u in summ["unreadable_images"]])):
         if paths:
             print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 

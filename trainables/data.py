@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class DataIndex:
     items: list[Item]
     presplit: bool
     skipped: list[str] = field(default_factory=list)  # non-image files, relative paths
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why): hidden, links, ...
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why)
     # groups of byte-identical images filed under different classes: [[(path, label), ...], ...]
     conflicting: list[list[tuple[str, str]]] = field(default_factory=list)
@@ -103,37 +105,40 @@ class DataIndex:
         return out
 
 
-def _scan_classes(folder: Path, root: Path, skipped: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = []
-        for f in sorted(cls.rglob("*")):
-            if not f.is_file() or f.name.startswith("."):
-                continue
-            rel = f.relative_to(root).as_posix()
-            (files if f.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(rel)
-        found[cls.name] = files
-    return found
+def _case_clashes(index_classes: list[str], root: Path) -> None:
+    by_lower: dict[str, list[str]] = defaultdict(list)
+    for c in index_classes:
+        by_lower[c.casefold()].append(c)
+    clash = [names for names in by_lower.values() if len(names) > 1]
+    if clash:
+        raise DataError(f"{root}: class folders {' and '.join(repr(n) for n in clash[0])} differ only in case; "
+                        "merge them into one folder, or rename one if they are different classes")
 
 
 def scan(root: Path) -> DataIndex:
     """Index a folder of class subfolders, or a folder holding train/ val/ test/ class folders."""
-    skipped: list[str] = []
+    from trainables.folder_walk import Walk, walk_classes
+
+    walk = Walk()
     if all((root / s).is_dir() for s in SPLITS):
-        per_split = {s: _scan_classes(root / s, root, skipped) for s in SPLITS}
-        names = {s: set(per_split[s]) for s in SPLITS}
+        per_split = {s: walk_classes(root / s, root, IMAGE_EXTENSIONS, Walk()) for s in SPLITS}
+        for w in per_split.values():
+            walk.other += w.other
+            walk.ignored += w.ignored
+        names = {s: set(per_split[s].classes) for s in SPLITS}
         if not names["train"] == names["val"] == names["test"]:
             diff = sorted((names["train"] | names["val"] | names["test"]) - (names["train"] & names["val"] & names["test"]))
             raise DataError(f"{root}: train/ val/ test/ must hold the same class folders; these are not in all three: {diff}")
         classes = sorted(names["train"])
-        items = [Item(p, c, s) for s in SPLITS for c in classes for p in per_split[s][c]]
+        items = [Item(p, c, s) for s in SPLITS for c in classes for p in per_split[s].classes[c]]
         presplit = True
     else:
-        found = _scan_classes(root, root, skipped)
-        classes = sorted(found)
-        items = [Item(p, c) for c in classes for p in found[c]]
+        walk_classes(root, root, IMAGE_EXTENSIONS, walk)
+        classes = sorted(walk.classes)
+        items = [Item(p, c) for c in classes for p in walk.classes[c]]
         presplit = False
-    index = DataIndex(root, classes, items, presplit, skipped)
+    _case_clashes(classes, root)
+    index = DataIndex(root, classes, items, presplit, walk.other, ignored=walk.ignored)
     _verify_and_hash(index)
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one subfolder of images per class)")
@@ -157,12 +162,19 @@ def _check_one(path: Path) -> tuple[str, str | None]:
     """Hash the file and decode it fully (at reduced scale where the format allows): (sha1, error)."""
     from PIL import Image
 
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return "", f"cannot read the file ({e.strerror})"
     digest = hashlib.sha1(raw).hexdigest()
+    if not raw:
+        return digest, "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.draft("RGB", (64, 64))  # JPEG decodes at 1/2..1/8 scale: cheap even for huge photos
             im.load()
+    except Image.DecompressionBombError as e:
+        return digest, f"too large to decode safely ({e}); shrink it or remove it"
     except Exception as e:  # PIL raises many types for bad files; all mean "cannot use this image"
         return digest, f"{type(e).__name__}: {e}"
     return digest, None
@@ -170,6 +182,10 @@ def _check_one(path: Path) -> tuple[str, str | None]:
 
 def _verify_and_hash(index: DataIndex) -> None:
     """Drop (and list) images that do not decode, so no trial ever meets one mid-epoch."""
+    from PIL import Image
+
+    # images between PIL's two limits decode (with a warning per image); above them, they are listed
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         checked = list(pool.map(lambda it: _check_one(index.root / it.path), index.items))
     good = []
@@ -326,11 +342,17 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
 
 
 def open_rgb(path: str | Path, size: int):
-    """Any image as a size×size RGB PIL image: grayscale, palette, CMYK converted; alpha laid on white."""
-    from PIL import Image
+    """Any image as a size×size RGB PIL image, upright: EXIF orientation applied (phone photos),
+    16-bit scaled to 8, grayscale/palette/CMYK converted, alpha laid on white, first frame of
+    an animation."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im.draft("RGB", (size, size))  # huge JPEGs decode at reduced scale, never at full size
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG/TIFF: 0..65535, not 0..255
+            arr = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8), "L")
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -360,6 +382,7 @@ def summary(index: DataIndex) -> dict:
         "counts": counts,
         "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
         "skipped_non_images": index.skipped,
+        "ignored": [{"path": p, "why": w} for p, w in index.ignored],
         "unreadable_images": [{"path": p, "error": e} for p, e in index.unreadable],
         "duplicates": duplicate_report(index),
         "conflicting_labels": conflicts_report(index),
