@@ -95,15 +95,35 @@ def write_space(path: Path, text: str) -> Path:
     return path
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL every live process of a process group, by PID."""
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies, dead and waiting to be reaped, do not count)."""
     out = subprocess.run(["ps", "-o", "pid=,pgid=,stat=", "-A"], capture_output=True, text=True).stdout.splitlines()
-    for pid, group, stat in (ln.split()[:3] for ln in out if ln.strip()):
-        if int(group) == pgid and not stat.startswith("Z"):
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    rows = (ln.split() for ln in out if ln.strip())
+    return [int(p) for p, g, stat in rows if int(g) == pgid and not stat.startswith("Z")]
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    """The processes and all their descendants (Ray's workers leave their raylet's process group)."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=", "-A"], capture_output=True, text=True).stdout.splitlines()
+    children: dict[int, list[int]] = {}
+    for ln in out:
+        pid, ppid = map(int, ln.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(pids)
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every live process of a process group, and their descendants, by PID."""
+    for pid in _with_descendants(group_pids(pgid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def search_cli(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:

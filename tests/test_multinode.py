@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 
 from search import ray_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, group_pids, kill_group
 
 RAY = str(Path(sys.executable).parent / "ray")
 # as on a real cluster: token authentication, the same token (~/.ray/auth_token) on every node
@@ -39,36 +38,6 @@ def _ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """Live processes of a group (zombies, already dead and waiting to be reaped, do not count)."""
-    out = subprocess.run(["ps", "-o", "pid=,pgid=,stat=", "-A"], capture_output=True, text=True).stdout.splitlines()
-    rows = (ln.split() for ln in out if ln.strip())
-    return [int(p) for p, g, stat in rows if int(g) == pgid and not stat.startswith("Z")]
-
-
-def _tree(pids: list[int]) -> list[int]:
-    """The processes and all their descendants (Ray's workers leave their raylet's process group)."""
-    out = subprocess.run(["ps", "-o", "pid=,ppid=", "-A"], capture_output=True, text=True).stdout.splitlines()
-    children: dict[int, list[int]] = {}
-    for ln in out:
-        pid, ppid = map(int, ln.split())
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(pids)
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
-
-
-def _kill_group(pgid: int) -> None:
-    for pid in _tree(_group_pids(pgid)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _start(args: list[str]) -> int:
@@ -107,9 +76,9 @@ def two_nodes(tmp_path):
         yield f"127.0.0.1:{gcs}", groups, ray_tmp
     finally:
         for g in groups:
-            _kill_group(g)
+            kill_group(g)
         time.sleep(1)
-        assert not any(_group_pids(g) for g in groups)  # every process the test started is gone
+        assert not any(group_pids(g) for g in groups)  # every process the test started is gone
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -127,6 +96,25 @@ def _node_ids(address: str) -> dict[str, str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _kill_a_node_mid_trial(search, nodes: dict, groups: list[int], ray_tmp: str) -> str:
+    """Wait for a trial to reach epoch 2 on the worker node, kill that node, wait for the search;
+    returns the trial that lost its node."""
+    # While the search runs, the Tune driver writes each trial's result.json into its staging
+    # directory under the session's temp dir and copies it to the results folder only every
+    # few seconds (7 s late here, a whole trial at these sizes), so the test reads the staging copy.
+    staging = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
+    killed_trial, deadline = None, time.time() + 300
+    while killed_trial is None and time.time() < deadline and search.poll() is None:
+        for trial, rows in _rows(Path(ray_tmp), staging).items():
+            if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rows):
+                killed_trial = trial
+        time.sleep(0.5)
+    assert killed_trial, "no trial reached epoch 2 on the worker node"
+    kill_group(groups[1])  # the worker node dies: its raylet and the train worker on it
+    search.wait(timeout=600)
+    return killed_trial
+
+
 def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
     address, groups, ray_tmp = two_nodes
     nodes = _node_ids(address)
@@ -142,20 +130,13 @@ def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
            "--set", f"search.scheduler.max_t={EPOCHS}", "--set", "space.lr=0.003",
            "--set", "data.limit_per_class=300", "--set", "space.image_size=24"]
     log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
-    search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV)
-    # While the search runs, the Tune driver writes each trial's result.json into its staging
-    # directory under the session's temp dir and copies it to the results folder only every
-    # few seconds (7 s late here, a whole trial at these sizes), so the test reads the staging copy.
-    staging = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
-    killed_trial, deadline = None, time.time() + 300
-    while killed_trial is None and time.time() < deadline and search.poll() is None:
-        for trial, rows in _rows(Path(ray_tmp), staging).items():
-            if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rows):
-                killed_trial = trial
-        time.sleep(0.5)
-    assert killed_trial, "no trial reached epoch 2 on the worker node"
-    _kill_group(groups[1])  # the worker node dies: its raylet and the train worker on it
-    search.wait(timeout=600)
+    search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV,
+                              start_new_session=True)
+    try:
+        killed_trial = _kill_a_node_mid_trial(search, nodes, groups, ray_tmp)
+    finally:
+        kill_group(search.pid)  # by PID, also when the test fails before the search ends
+        search.wait(timeout=60)
     out = (tmp_path / "search.log").read_text()
     assert search.returncode == 0, out
 
