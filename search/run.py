@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from search import space as space_mod
+from search import study as study_mod
 from trainables import cache_budget, data
 from trainables.params import TrialParams
 
@@ -33,6 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search in STORAGE/NAME: finished trials are kept, unfinished ones "
                         "continue from their last checkpoint, the sampler keeps its history")
+    p.add_argument("--study-storage", metavar="URL",
+                   help="write the Optuna study to this RDB (e.g. postgresql://host/db, sqlite:///study.db) "
+                        "instead of RESULTS/optuna.journal")
+    p.add_argument("--warm-start", metavar="RESULTS_DIR",
+                   help="seed the sampler with an earlier search's finished trials (same data; knobs that "
+                        "this space lacks, or whose value is out of its range, are dropped)")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
                    "(e.g. sqlite:///mlflow.db; needs `pip install mlflow`)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
@@ -101,7 +108,7 @@ def print_data_summary(summ: dict) -> None:
             print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 
 
-def write_inputs(exp_dir: Path, spec, index, name: str) -> dict:
+def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = None) -> dict:
     """Save what the search used, before it starts: resolved space, split, data summary, search info."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.yaml").write_text(space_mod.describe(spec))
@@ -113,6 +120,7 @@ def write_inputs(exp_dir: Path, spec, index, name: str) -> dict:
         "knobs": [k for k, kb in spec.knobs.items() if kb.kind != "const"],
         "data_root": str(index.root), "split_file": str(exp_dir / "split.csv"), "class_names": index.classes,
         "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
+        "study_storage": study_mod.storage_label(exp_dir, study_url),
     }
     from analysis.results import SEARCH_FILE
 
@@ -173,6 +181,45 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
     return exp_dir, state
 
 
+def warm_start(previous_dir: str, search_alg, spec) -> None:
+    """Seed the new study with an earlier search's completed and pruned trials."""
+    from analysis import results
+    from search import ray_compat
+
+    prev = study_mod.load(previous_dir, results.read_search_info(previous_dir))
+    added, dropped = study_mod.warm_start(ray_compat.study_of(search_alg), prev, study_mod.distributions(spec))
+    print(f"warm start: {added} finished trials of {previous_dir} seed the sampler"
+          + (f"; knobs left out (not in this space, or out of its range): {', '.join(dropped)}" if dropped else ""),
+          flush=True)
+
+
+def check_study_options(args, name: str) -> None:
+    """--warm-start and --study-storage are checked before Ray starts."""
+    from analysis import results
+
+    if args.warm_start and args.resume:
+        raise space_mod.SpaceError("--warm-start: a resumed search keeps its own study; drop --warm-start")
+    if args.warm_start:
+        try:
+            study_mod.load(args.warm_start, results.read_search_info(args.warm_start))
+        except results.ResultsError as e:
+            raise space_mod.SpaceError(f"--warm-start: {e}") from None
+        except Exception as e:  # no study in it, or one Optuna cannot read
+            raise space_mod.SpaceError(f"--warm-start {args.warm_start}: no readable Optuna study "
+                                       f"({type(e).__name__}: {e})") from None
+    if args.study_storage and not args.resume:
+        import optuna
+
+        try:
+            names = optuna.get_all_study_names(study_mod.storage(None, args.study_storage))
+        except Exception as e:  # a bad URL, a missing driver, a database that does not answer
+            raise space_mod.SpaceError(f"--study-storage {args.study_storage}: cannot open it "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if name in names:
+            raise space_mod.SpaceError(f"--study-storage: a study named {name!r} is already there; "
+                                       "pick another --name")
+
+
 def run_search(args, spec, name: str, index):
     """Run the Tuner on a validated space and prepared data; return the trials table, and whether
     the search was interrupted (Ctrl-C) before all its trials ran."""
@@ -185,7 +232,8 @@ def run_search(args, spec, name: str, index):
     storage = _abs_storage(args.storage)
     exp_dir, state = check_results_dir(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
-    info = results.read_search_info(exp_dir) if args.resume else write_inputs(exp_dir, spec, index, name)
+    info = (results.read_search_info(exp_dir) if args.resume
+            else write_inputs(exp_dir, spec, index, name, args.study_storage))
     cluster = ray.cluster_resources()
     demand = tuner_mod.trial_demand(spec)
     short = {k: (v, cluster.get(k, 0)) for k, v in demand.items() if cluster.get(k, 0) < v}
@@ -227,7 +275,11 @@ def run_search(args, spec, name: str, index):
                   f"not {args.space}'s", flush=True)
         tuner = tuner_mod.restore(exp_dir, started_with)
     else:
-        tuner = tuner_mod.build(spec, context, storage, name, n, callbacks=callbacks)
+        search_alg = tuner_mod.searcher(spec, context, name, study_mod.storage(exp_dir, args.study_storage))
+        if args.warm_start:
+            warm_start(args.warm_start, search_alg, spec)
+        tuner = tuner_mod.build(spec, search_alg, storage, name, n, callbacks=callbacks)
+    print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
     try:
         tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
@@ -238,10 +290,6 @@ def run_search(args, spec, name: str, index):
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
-    try:
-        results.write_optuna_db(exp_dir, table)
-    except Exception as e:  # a convenience copy: never worth failing a finished search for
-        print(f"warning: could not write {exp_dir / results.OPTUNA_DB}: {type(e).__name__}: {e}")
     board = results.leaderboard(table, info)
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
           f"{time.time() - args.started:.0f}s wall time in all: "
@@ -287,6 +335,7 @@ def main(argv=None) -> int:
         spec, name, index = prepare(args)
         if not args.dry_run:
             check_results_dir(args, name)  # before Ray starts
+            check_study_options(args, name)
         if args.mlflow:
             import importlib.util
 

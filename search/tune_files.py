@@ -8,7 +8,7 @@ every file is read with `json`:
 - each trial folder's `params.json` (the trial's config) and `result.json` (one JSON line per
   report).
 
-Which file names and keys Tune writes is Ray's layout: `tests/test_ray_layout.py` checks it
+Which file names and keys Tune writes is Ray's layout: `tests/test_end_to_end.py` checks it
 against a real search so that an upgrade that changes it fails a test, not a user.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Build the Ray Tune `Tuner`: Optuna TPE (seeded, define-by-run) + ASHA.
+"""Build the Ray Tune `Tuner`: Optuna TPE (seeded, define-by-run, its study live in a storage) + ASHA.
 
 A trial runs in one of two runtimes (see trainables/driver.py): single-worker trials train in
 their own Tune actor, reused from trial to trial, holding the worker's CPUs/GPUs and retried
@@ -74,22 +74,31 @@ def restore(exp_dir, spec: SpaceFile):
     return tune.Tuner.restore(str(exp_dir), trainable=trainable(spec), resume_unfinished=True, resume_errored=False)
 
 
-def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurrent: int, callbacks=()):
+def searcher(spec: SpaceFile, context: dict, name: str, study_storage=None):
+    """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs."""
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.ray_compat import EpochOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
     startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
-    searcher = OptunaSearch(
+    return EpochOptunaSearch(
         YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}, context),
         metric=s.metric,
         mode=s.mode,
         sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
+        study_name=name,
+        storage=study_storage,
     )
+
+
+def build(spec: SpaceFile, search_alg, storage: str, name: str, max_concurrent: int, callbacks=()):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.search
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=spec.max_epochs(),
@@ -102,7 +111,7 @@ def build(spec: SpaceFile, context: dict, storage: str, name: str, max_concurren
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=searcher,
+            search_alg=search_alg,
             scheduler=scheduler,
             num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent,

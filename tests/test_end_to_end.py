@@ -27,6 +27,8 @@ import torch
 from analysis import predict, rank, retrain
 from analysis import report as analysis_report
 from search import run
+from search import study as study_mod
+from search import tune_files
 from trainables import checkpoint, data
 from tests.conftest import ROOT
 
@@ -60,15 +62,22 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
         time.sleep(1)
     assert ray.available_resources().get("CPU", 0) == 2 and _alive_train_workers() == 0
 
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{exp / 'optuna.db'}")  # optuna-dashboard's view
-    assert len(study.trials) == 3
-    assert all(list((exp / f"trial_{t.user_attrs['trial_id']}").glob("events.out.tfevents.*")) for t in study.trials)
-
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped"}
     bad = trials[(trials["lr"] - 1e-6).abs() < 1e-12].iloc[0]
     assert bad["status"] == "stopped" and bad["epochs_run"] == 1
     assert (trials["status"] == "completed").any()
+    # The study optuna-dashboard shows: each ASHA-stopped trial PRUNED, each completed one COMPLETE
+    # with its best score, both with every epoch as an intermediate value.
+    study = optuna.load_study(study_name="e2e", storage=study_mod.storage(exp))
+    assert len(study.trials) == 3
+    for t in study.trials:
+        row = trials[trials["trial_id"] == t.user_attrs["trial_id"]].iloc[0]
+        assert list((exp / f"trial_{row['trial_id']}").glob("events.out.tfevents.*"))
+        assert sorted(t.intermediate_values) == list(range(1, row["epochs_run"] + 1))
+        want = optuna.trial.TrialState.PRUNED if row["status"] == "stopped" else optuna.trial.TrialState.COMPLETE
+        assert t.state == want and t.value == pytest.approx(
+            t.intermediate_values[row["epochs_run"]] if row["status"] == "stopped" else row["best_val_acc"])
     assert study.best_value == pytest.approx(trials["best_val_acc"].max())
     assert {"split.csv", "space.yaml", "data.json", "search.json"} <= {p.name for p in exp.iterdir()}
 
@@ -112,6 +121,26 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     order = re.findall(r"<td>([0-9a-f]{8})</td>", page[page.index("id='leaderboard'"):page.index("id='curves'")])
     assert order == list(board["trial_id"])
     assert "95% Wilson interval" in page
+
+
+@pytest.mark.timeout(60)
+def test_tune_writes_the_plain_files_analysis_reads(searched):
+    """Tune's file layout that search/tune_files.py reads instead of unpickling: an upgrade that
+    changes it fails here."""
+    exp, _ = searched
+    [state_file] = sorted(exp.glob(tune_files.STATE_GLOB))[-1:]
+    entries = json.loads(state_file.read_text())["trial_data"]
+    assert len(entries) == 3
+    for entry in entries:
+        assert isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
+        state = json.loads(entry[0])
+        assert state["status"] == "TERMINATED" and state["relative_logdir"] == f"trial_{state['trial_id']}"
+        trial_dir = exp / state["relative_logdir"]
+        assert json.loads((trial_dir / tune_files.PARAMS_FILE).read_text())["lr"] == state["config"]["lr"]
+        reports = tune_files.read_reports(trial_dir)
+        assert list(reports["epoch"]) == list(range(1, len(reports) + 1))
+        assert any((trial_dir / name).is_dir() for name in reports["checkpoint_dir_name"])  # the one kept
+    assert [t.trial_id for t in tune_files.read_trials(exp)] == [json.loads(e[0])["trial_id"] for e in entries]
 
 
 def _screenshot(page: str, tmp_path, name: str):

@@ -53,12 +53,14 @@ def materialize_animal_mnist(cache_dir: Path) -> Path:
 
     The arrays ship as a compressed `.npz` (converted once from the `animal-mnist` wheel's
     pickles; loaded here with allow_pickle=False). Written to a temporary folder then renamed,
-    so a crash halfway never leaves a partial data set that later runs would trust.
+    so a crash halfway never leaves a partial data set that later runs would trust: the folder
+    exists only once it is whole.
     """
     from PIL import Image
 
     root = cache_dir / "animal-mnist-v1"
-    if (root / ".complete").exists():
+    if root.is_dir():
+        (root / ".complete").unlink(missing_ok=True)  # the marker older versions wrote: not an image
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     with np.load(_ASSETS / "animal_mnist.npz", allow_pickle=False) as z:
@@ -68,7 +70,6 @@ def materialize_animal_mnist(cache_dir: Path) -> Path:
         (tmp / name).mkdir()
     for i, (img, lab) in enumerate(zip(images, labels)):
         Image.fromarray(img, mode="L").save(tmp / names[lab] / f"{i:05d}.png")
-    (tmp / ".complete").touch()
     try:
         tmp.rename(root)
     except OSError:  # another process won the race; theirs is complete too

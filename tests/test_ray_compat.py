@@ -1,0 +1,66 @@
+"""The Ray behaviour search/ray_compat.py relies on, against the installed Ray and Optuna: an
+upgrade that changes it fails here. (The controller skipping `on_trial_result` for a trial's
+last result is checked end to end: tests/test_end_to_end.py wants every epoch in the study.)"""
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from search import study as study_mod
+from search.optuna_space import YamlSpace
+from search.ray_compat import EpochOptunaSearch, study_of
+
+KNOBS = {"lr": {"kind": "float", "low": 1e-4, "high": 1e-1, "log": True, "step": None, "when": {}},
+         "epochs": {"kind": "const", "value": 3, "when": {}}}
+
+
+def _searcher(tmp_path):
+    return EpochOptunaSearch(YamlSpace(KNOBS, {"data_root": "x"}), metric="val_acc", mode="max",
+                             study_name="s", storage=study_mod.storage(tmp_path))
+
+
+def _epoch(value, epoch, of=3):
+    return {"val_acc": value, "epoch": epoch, "epoch_of": of}
+
+
+@pytest.mark.timeout(60)
+def test_optuna_search_keeps_the_private_state_the_subclass_uses(tmp_path):
+    s = _searcher(tmp_path)
+    assert s._ot_trials == {} and s._completed_trials == set() and study_of(s) is s._ot_study
+    config = s.suggest("a")
+    assert 1e-4 <= config["lr"] <= 1e-1 and config["epochs"] == 3 and config["run"] == {"data_root": "x"}
+    assert "a" in s._ot_trials
+
+
+@pytest.mark.timeout(60)
+def test_stopped_trials_are_pruned_completed_ones_keep_their_best_and_errors_fail(tmp_path):
+    s = _searcher(tmp_path)
+    for t in "abc":
+        s.suggest(t)
+    s.on_trial_result("a", _epoch(0.5, 1))
+    s.on_trial_complete("a", _epoch(0.4, 2))  # ASHA stopped it at epoch 2 of 3
+    s.on_trial_result("b", _epoch(0.6, 1))
+    s.on_trial_result("b", _epoch(0.8, 2))
+    s.on_trial_result("b", _epoch(0.8, 2))  # a report redone after a restore: told once
+    s.on_trial_complete("b", _epoch(0.7, 3))
+    s.on_trial_complete("c", error=True)
+    by_id = {t.user_attrs["trial_id"]: t for t in study_of(s).trials}
+    assert by_id["a"].state == TrialState.PRUNED and by_id["a"].intermediate_values == {1: 0.5, 2: 0.4}
+    assert by_id["a"].value == 0.4
+    assert by_id["b"].state == TrialState.COMPLETE and by_id["b"].value == 0.8  # its best epoch, not its last
+    assert by_id["b"].intermediate_values == {1: 0.6, 2: 0.8, 3: 0.7}
+    assert by_id["c"].state == TrialState.FAIL
+
+
+@pytest.mark.timeout(60)
+def test_the_searcher_survives_tunes_save_and_restore_with_its_live_study(tmp_path):
+    s = _searcher(tmp_path)
+    s.suggest("a")
+    s.on_trial_result("a", _epoch(0.5, 1))
+    s.save(str(tmp_path / "searcher.pkl"))  # what Tune does at every experiment checkpoint
+    (tmp_path / "elsewhere").mkdir()
+    again = _searcher(tmp_path / "elsewhere")
+    again.restore(str(tmp_path / "searcher.pkl"))
+    again.on_trial_complete("a", _epoch(0.6, 3))
+    [t] = study_mod.load(tmp_path, {"name": "s"}).trials  # the journal in the results folder
+    assert t.state == TrialState.COMPLETE and t.intermediate_values == {1: 0.5, 3: 0.6}
