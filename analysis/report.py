@@ -326,8 +326,8 @@ def _summary_section(r: dict) -> str:
         f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
         f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
         f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
-        f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as complete "
-        "with their last score.</p>",
+        f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as pruned, "
+        "with every epoch they ran.</p>",
         f"<details><summary>search space</summary><pre>{html.escape(r['space_text'])}</pre></details>")
 
 
