@@ -142,6 +142,26 @@ def _curves_plot(board: pd.DataFrame, hist: dict, info: dict) -> str:
     return _png(fig)
 
 
+def _refit_plot(t: dict) -> str:
+    """The refits' training loss per epoch beside the trial's own: a refit that trained very
+    differently from the trial it copies shows here."""
+    import matplotlib.pyplot as plt
+
+    trial = pd.DataFrame(t.get("trial_curve", []))
+    if trial.empty or "train_loss" not in trial:
+        return ""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(trial["epoch"], trial["train_loss"], marker="o", color="black", label=f"trial {t['trial_id']} (train)")
+    for name, rows in t.get("refit_curves", {}).items():
+        h = pd.DataFrame(rows)
+        ax.plot(h["epoch"], h["train_loss"], marker="o", linestyle="--", label=f"{name} (train+val)")
+    ax.set_title("training loss: the trial and its refits")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def _asha_plot(table: pd.DataFrame, hist: dict, info: dict, rungs: list[int]) -> str:
     import matplotlib.pyplot as plt
 
@@ -379,8 +399,11 @@ def _test_section(r: dict) -> str:
     t = json.loads(test_file.read_text())
     n = t["test_images"]
     low, high = t.get("test_acc_ci95") or metrics.wilson_interval(round(t["test_acc"] * n), n)
-    body = [f"<p>Retrained on train+val, tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
-            f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>"]
+    made = ", ".join(f"{m['made_by']} on {m['trained_on']}" for m in t.get("final_members", []))
+    body = [f"<p>Final model ({html.escape(t.get('final_policy', 'refit'))}: {html.escape(made or 'refit')}), "
+            f"tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
+            f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>",
+            _refit_plot(t)]
     if "confusion" in t:
         body += [_confusion_plot(t["confusion"], r["data"]["classes"], "test"),
                  _table(pd.DataFrame(t["test_per_class"]))]

@@ -1,9 +1,13 @@
-"""`python -m analysis.retrain RESULTS_DIR`: retrain the best configuration on train+val, test it once.
+"""`python -m analysis.retrain RESULTS_DIR`: make the final model from the best trial, test it once.
 
-The search chose the configuration on the validation split; the retrain adds the validation
-images to training, for as many epochs as the best trial needed to reach its best score, and
-then the held-out test split, which no trial ever loaded, is evaluated exactly once. A second
-call prints the stored result instead of testing again (`--again` overrides, knowingly).
+The search chose the configuration on the validation split. By default the final model averages
+the best trial's own best checkpoint with two refits of its configuration on train+val (other
+seeds, the trial's LR path replayed up to its best epoch): one refit alone is a lottery on
+small data, and averaging with the checkpoint keeps the final model from being worse than
+what the search already had (bench/final_model.py measures it). `--final checkpoint` or
+`--final refit` picks one of them instead. The policy is fixed before the test split, which no
+trial ever loaded, is evaluated exactly once. A second call prints the stored result instead of
+testing again (`--again` overrides, knowingly).
 """
 from __future__ import annotations
 
@@ -46,55 +50,118 @@ def pick_best(board: pd.DataFrame, info: dict) -> pd.Series:
     return board.iloc[pick]
 
 
+FINAL = ("ensemble", "checkpoint", "refit")
+
+
+def trial_history(trial_dir: str | Path) -> pd.DataFrame:
+    """The trial's reports, one row per epoch (the last report of an epoch a retry redid)."""
+    from search import tune_files
+
+    h = tune_files.read_reports(Path(trial_dir))
+    return h.drop_duplicates("epoch", keep="last").sort_values("epoch") if "epoch" in h else h
+
+
+def refit_config(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int) -> dict:
+    """The trial's configuration, refit: the same planned epochs (so cosine and the unfreezing
+    run as they did), stopped after EPOCHS, with the trial's LR replayed epoch by epoch."""
+    lrs = [float(v) for v in history.loc[history["epoch"] <= epochs, "lr"]] if "lr" in history else []
+    run = {**config["run"], "stop_after_epoch": epochs, "lr_path": lrs or None}
+    return {**config, "seed": int(config.get("seed", 0)) + seed_offset, "run": run}
+
+
+def refit(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int, model_dir: Path) -> list[dict]:
+    """Train the refit on train+val into MODEL_DIR; return its per-epoch training reports."""
+    from trainables import checkpoint
+    from trainables.sessions import LocalSession
+    from trainables.train_loop import fit
+
+    session = LocalSession(checkpoint_dir=model_dir)
+    fit(refit_config(config, history, epochs, seed_offset), session, train_splits=("train", "val"), val_split=None)
+    (model_dir / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
+    return session.history
+
+
+def final_model(best: pd.Series, config: dict, policy: str, refits: int, epochs: int, out: Path):
+    """The model analysis.retrain hands back, made by POLICY (fixed before the test split is read):
+    - checkpoint: the best trial's own best checkpoint (trained on train, chosen on val);
+    - refit: the configuration retrained on train+val, its LR path replayed, to the best epoch;
+    - ensemble (default): the checkpoint and REFITS refits (other seeds), probabilities averaged.
+    Returns (model, meta, recipe, refit histories)."""
+    from trainables import checkpoint
+
+    history = trial_history(best["trial_dir"])
+    members, recipe, curves = [], [], {}
+    if policy in ("checkpoint", "ensemble"):
+        model, meta = checkpoint.load(best["checkpoint"])
+        members.append(model)
+        recipe.append({"made_by": "the search", "trial_id": best["trial_id"], "epoch": int(meta.get("epoch", 0)),
+                       "trained_on": "train", "checkpoint": str(best["checkpoint"])})
+    for k in range(1 if policy == "refit" else refits if policy == "ensemble" else 0):
+        offset = RESEED + k
+        print(f"refit {k + 1}: train+val, seed +{offset}, {epochs} epoch(s) of {config['epochs']} planned, the "
+              "trial's LR path replayed", flush=True)
+        curves[f"refit seed+{offset}"] = refit(config, history, epochs, offset, out / "refits" / str(k))
+        model, meta = checkpoint.load(out / "refits" / str(k))
+        members.append(model)
+        recipe.append({"made_by": "refit", "seed_offset": offset, "epochs": epochs, "trained_on": "train+val"})
+    if len(members) > 1:
+        model, meta = checkpoint.Ensemble(members).eval(), {**meta, "ensemble": len(members)}
+    meta = {**meta, "final": {"policy": policy, "members": recipe}}
+    return model, meta, recipe, curves
+
+
 def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path | None = None,
-            top: int = 1) -> dict:
+            top: int = 1, policy: str = "ensemble", refits: int = 2) -> dict:
     import torch
 
     from trainables import checkpoint, data, metrics
-    from trainables.sessions import LocalSession
-    from trainables.train_loop import evaluate, fit
+    from trainables.train_loop import evaluate
 
     results_dir = Path(results_dir).resolve()
     info = results.read_search_info(results_dir)
     metric = info["metric"]
     best = pick_best(results.ranked_with_results(results_dir, info).head(top), info)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
-    config["epochs"] = int(epochs or best["best_epoch"])
+    epochs = int(epochs or best["best_epoch"])
     out = Path(out) if out else results_dir / "retrained"
     model_dir = out / "model"
     started = time.time()
-    print(f"retraining trial {best['trial_id']} on train+val for {config['epochs']} epoch(s): "
+    print(f"final model for trial {best['trial_id']} ({policy}): "
           + " ".join(f"{k}={v}" for k, v in config.items() if k != "run"), flush=True)
-    fit(config, LocalSession(checkpoint_dir=model_dir), train_splits=("train", "val"), val_split=None)
+    model, meta, recipe, curves = final_model(best, config, policy, refits, epochs, out)
+    checkpoint.save(model_dir, model, meta)
 
-    (model_dir / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
-    model, meta = checkpoint.load(model_dir)
-    run = config["run"]
+    run = config["run"]  # the test split: read here, once, after the model is fixed
     test_items = data.read_split(run["split_file"], ("test",))
     x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"])
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
     confusion = torch.tensor(test["confusion"])
     low, high = metrics.wilson_interval(int(confusion.diag().sum()), len(test_items))
-    export_diff = checkpoint.export(model, meta, model_dir, x[:32])
-    onnx_diff = checkpoint.export_onnx(model, meta, model_dir, x[:32])
     report = {
         "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
+        "final_policy": policy, "final_members": recipe,
         f"search_best_{metric}": float(best[f"best_{metric}"]),
         "test_images": len(test_items), **test, "test_acc_ci95": [low, high],
         "test_per_class": metrics.per_class(confusion, meta["class_names"]),
         "model_dir": str(model_dir),
-        "exported": str(model_dir / checkpoint.EXPORTED), "export_max_logit_diff": export_diff,
-        "onnx_max_logit_diff": onnx_diff,
+        "exported": str(model_dir / checkpoint.EXPORTED),
+        "export_max_logit_diff": checkpoint.export(model, meta, model_dir, x[:32]),
+        "onnx_max_logit_diff": checkpoint.export_onnx(model, meta, model_dir, x[:32]),
+        "refit_curves": curves, "trial_curve": trial_history(best["trial_dir"]).to_dict("records"),
         "retrain_seconds": round(time.time() - started, 1),
     }
-    (out / TEST_FILE).write_text(json.dumps(report, indent=2))
+    (out / TEST_FILE).write_text(json.dumps(report, indent=2, default=float))
     return report
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__.splitlines()[0])
     p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
-    p.add_argument("--epochs", type=int, help="epochs to retrain (default: the best trial's best epoch)")
+    p.add_argument("--final", choices=FINAL, default="ensemble",
+                   help="the model handed back: the best trial's checkpoint and refits on train+val with other "
+                        "seeds, averaged (ensemble, default); the checkpoint alone; or one refit")
+    p.add_argument("--refits", type=int, default=2, help="refits in the ensemble (default 2)")
+    p.add_argument("--epochs", type=int, help="epochs to refit (default: the best trial's best epoch)")
     p.add_argument("--out", help="where the model and test result go (default: RESULTS_DIR/retrained)")
     p.add_argument("--again", action="store_true", help="retrain and test again even if a test result exists")
     p.add_argument("--top", type=int, default=1, help="rerun the K best trials with another seed and retrain the "
@@ -107,14 +174,15 @@ def main(argv=None) -> int:
             report = json.loads((out / TEST_FILE).read_text())
             print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
         else:
-            report = retrain(args.results_dir, args.epochs, out, args.top)
+            report = retrain(args.results_dir, args.epochs, out, args.top, args.final, args.refits)
     except results.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     low, high = report["test_acc_ci95"]
     print(f"test accuracy {report['test_acc']:.4f} (95% CI {low:.3f}-{high:.3f}) on {report['test_images']} held-out images "
           f"(macro F1 {report['test_macro_f1']:.4f}, worst-class recall {report['test_min_recall']:.4f})")
-    print(f"model: {report['model_dir']}\nresult: {out / TEST_FILE}")
+    made = "; ".join(f"{m['made_by']} on {m['trained_on']}" for m in report.get("final_members", []))
+    print(f"model: {report['model_dir']} ({report.get('final_policy', 'refit')}: {made})\nresult: {out / TEST_FILE}")
     return 0
 
 

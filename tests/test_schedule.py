@@ -142,3 +142,27 @@ def test_autocast_on_cpu_is_a_no_op():
         assert isinstance(autocast(torch.device("cpu"), enabled), contextlib.nullcontext)
     assert isinstance(autocast("cuda", False), contextlib.nullcontext)
     assert isinstance(autocast("cuda", True), torch.autocast)
+
+
+def test_a_refit_replays_the_trials_lr_path_whatever_its_schedule():
+    """A plateau schedule's signal (the val score) is gone in a refit on train+val: the refit
+    takes the trial's recorded LRs instead, both groups scaled alike, and the schedule after them."""
+    p = TrialParams(lr=0.01, lr_schedule="plateau", plateau_patience=0, epochs=5, backbone_lr_mult=0.1)
+    opt = optimizer(p)
+    sched = EpochSchedule(p, opt, replay=[0.01, 0.005, 0.0025])
+    assert [sched.set_epoch(e) for e in (1, 2, 3)] == pytest.approx([0.01, 0.005, 0.0025])
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.00025)  # the backbone keeps its ratio
+    assert sched.set_epoch(4) == pytest.approx(0.01)  # past the path: the schedule's own (no plateau seen)
+
+
+def test_refit_config_stops_at_the_best_epoch_with_the_planned_schedule():
+    import pandas as pd
+
+    from analysis.retrain import refit_config
+
+    config = {"lr": 0.01, "epochs": 6, "seed": 3, "run": {"data_root": "d"}}
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "lr": [0.01, 0.008, 0.005, 0.002]})
+    c = refit_config(config, history, epochs=3, seed_offset=1000)
+    assert c["epochs"] == 6 and c["seed"] == 1003 and c["lr"] == 0.01
+    assert c["run"] == {"data_root": "d", "stop_after_epoch": 3, "lr_path": [0.01, 0.008, 0.005]}
+    assert config["run"] == {"data_root": "d"}  # the trial's own config is left as it was

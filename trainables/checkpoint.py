@@ -33,12 +33,29 @@ def read_meta(directory: str | Path) -> dict:
     return json.loads((Path(directory) / META).read_text())
 
 
+class Ensemble(nn.Module):
+    """Models of one architecture whose class probabilities are averaged. Its output is the log of
+    that average: softmax of it gives the average back, and argmax, cross-entropy and the exports
+    treat it as logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([m(x).float().log_softmax(-1) for m in self.members])
+        return torch.logsumexp(logp, 0) - torch.log(torch.tensor(float(len(self.members)), device=x.device))
+
+
 def load(directory: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model from its JSON (no pretrained download) and load its weights, in eval mode."""
+    """Rebuild the model from its JSON (no pretrained download) and load its weights, in eval mode.
+    A meta with `ensemble: N` holds N members of the same architecture in one state_dict."""
     d = Path(directory)
     meta = read_meta(d)
     params = dict(meta["params"], pretrained=False)
-    model = models.build(params, meta["num_classes"])
+    n = int(meta.get("ensemble", 0))
+    model = Ensemble([models.build(params, meta["num_classes"]) for _ in range(n)]) if n else \
+        models.build(params, meta["num_classes"])
     model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval(), meta
 

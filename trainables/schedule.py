@@ -52,14 +52,18 @@ class EpochSchedule:
       of the warm-up only set the best value: a rising LR is no plateau.
     """
 
-    def __init__(self, p: TrialParams, optimizer: torch.optim.Optimizer):
-        self.p, self.optimizer = p, optimizer
+    def __init__(self, p: TrialParams, optimizer: torch.optim.Optimizer, replay: list[float] | None = None):
+        """REPLAY: head LRs of epochs 1, 2, ... as a trial reported them; a refit follows them exactly
+        (plateau included, whose signal, the val score, a refit on train+val does not have)."""
+        self.p, self.optimizer, self.replay = p, optimizer, replay
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         self.floor = min(1.0, p.min_lr / p.lr)
         self.plateau_scale, self.best, self.bad_epochs = 1.0, None, 0
 
     def factor(self, epoch: int) -> float:
+        if self.replay and epoch <= len(self.replay):
+            return self.replay[epoch - 1] / self.p.lr
         p, w = self.p, self.p.warmup_epochs
         if epoch <= w:
             return epoch / (w + 1)

@@ -65,6 +65,9 @@ def _seed_everything(seed: int) -> None:
 def fit(config: dict, session, train_splits=("train",), val_split: str | None = "val") -> dict:
     """Train for params.epochs epochs, reporting after each; return the last report.
 
+    A refit sets `run.stop_after_epoch` (stop there, the LR schedule still planned over all
+    params.epochs) and `run.lr_path` (the trial's LRs, replayed epoch by epoch).
+
     Epochs are 1-based and continue from a restored checkpoint, so that ASHA (which counts
     `epoch`) and the curves stay right when Ray retries or resumes a trial. With several
     workers each trains on an equal share of every epoch's batches (DDP), and the reported
@@ -89,7 +92,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
     model = models.build(p, len(classes))
     backbone_params, head_params = models.param_groups(model)
     opt = schedule.make_optimizer(params, backbone_params, head_params)
-    lr_schedule = schedule.EpochSchedule(params, opt)
+    lr_schedule = schedule.EpochSchedule(params, opt, replay=run.get("lr_path"))
     stopper = EarlyStop(params.early_stop_patience if val_split else 0)  # a retrain runs its chosen epochs
     start = _restore(session, model, opt, lr_schedule, stopper)
     device = session.device
@@ -112,7 +115,7 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
 
     last: dict = {}
     try:
-        for epoch in range(start, params.epochs + 1):
+        for epoch in range(start, min(params.epochs, run.get("stop_after_epoch") or params.epochs) + 1):
             if freezing.apply(checkpoint.unwrap(model), epoch) and session.world_size > 1:
                 model = session.prepare_model(checkpoint.unwrap(model))  # DDP again, for the new trained set
                 step_fn = _compiled(model) if run.get("compile") else model
