@@ -14,22 +14,48 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """The embedded set is materialized once per test session, outside the user's cache; and
-    the tests' home is a temporary folder, so that nothing (Ray's ~/.ray/auth_token, caches)
-    is written into the real one. Subprocesses inherit both."""
-    os.environ["HPO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
-    yield
+_TEMP_ROOT: list[str] = []
+
+
+def pytest_configure(config):
+    """Before any test module is imported (some read os.environ at import): the embedded set is
+    materialized once per test session outside the user's cache; the tests' home is a temporary
+    folder, so that nothing (Ray's ~/.ray/auth_token, caches) is written into the real one; and
+    every process the tests start inherits SESSION_MARK."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="hpo-tests-")
+    _TEMP_ROOT.append(root)
+    for name, sub in (("HPO_CACHE_DIR", "cache"), ("HOME", "home")):
+        os.makedirs(os.path.join(root, sub))
+        os.environ[name] = os.path.join(root, sub)
+    key, value = SESSION_MARK.split("=")
+    os.environ[key] = value
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for root in _TEMP_ROOT:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+SESSION_MARK = f"HPO_TEST_SESSION={os.getpid()}"  # inherited by every process the tests start
+
+
+def _started_here(pid: int) -> bool:
+    """Whether a process carries this test session's mark in its environment: true also for
+    processes that outlived their parent, and false for other users' Ray on a shared machine."""
+    try:
+        return SESSION_MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
 
 
 def _ray_processes() -> set[int]:
-    import subprocess
-
     out = subprocess.run(["ps", "-o", "pid=,args=", "-A"], capture_output=True, text=True).stdout.splitlines()
     ray = ("raylet", "gcs_server", "ray::", "dashboard.py", "log_monitor.py", "monitor.py", "runtime_env/agent")
-    return {int(ln.split()[0]) for ln in out if any(w in ln for w in ray)}
+    return {int(ln.split()[0]) for ln in out if any(w in ln for w in ray) and _started_here(int(ln.split()[0]))}
 
 
 @pytest.fixture(scope="module", autouse=True)
