@@ -99,16 +99,16 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     assert report["test_images"] == 40 and report["test_acc"] > 0.1 + 0.15  # chance is 0.1
     assert f"test accuracy {report['test_acc']:.4f}" in out
     assert (exp / "retrained" / "model" / "model.pt").exists()
-    # the default final model: the best checkpoint and two refits on train+val, averaged; each
+    # the default final model: the best checkpoint and four refits on train+val, averaged; each
     # refit replays the trial's own LR path up to its best epoch
     assert report["final_policy"] == "ensemble" and [m["trained_on"] for m in report["final_members"]] == [
-        "train", "train+val", "train+val"]
+        "train"] + ["train+val"] * 4
     refit_epochs = int(trials.loc[trials["trial_id"] == report["trial_id"], "best_epoch"].iloc[0])
     trial_lrs = [r["lr"] for r in report["trial_curve"]][:refit_epochs]
     for curve in report["refit_curves"].values():
         assert [r["lr"] for r in curve] == pytest.approx(trial_lrs)
     final, meta = checkpoint.load(exp / "retrained" / "model")
-    assert meta["ensemble"] == 3 and isinstance(final, checkpoint.Ensemble)
+    assert meta["ensemble"] == 5 and isinstance(final, checkpoint.Ensemble)
     assert torch.load(exp / "retrained" / "model" / "model.pt", weights_only=True)
 
     # The test split is used once: a second call reports the stored result, it does not re-test.
