@@ -120,7 +120,8 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
             elif t.status != "TERMINATED":  # still running or pending when the search was interrupted
                 status = "unfinished"
             else:
-                status = "stopped" if epochs < planned else "completed"
+                early = "early_stopped" in df and df["early_stopped"].fillna(False).astype(bool).any()
+                status = "stopped" if epochs < planned and not early else "completed"
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},

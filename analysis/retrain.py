@@ -65,9 +65,11 @@ def trial_history(trial_dir: str | Path) -> pd.DataFrame:
 def refit_config(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int) -> dict:
     """The trial's configuration, refit: the same planned epochs (so cosine and the unfreezing
     run as they did), stopped after EPOCHS, with the trial's LR replayed epoch by epoch."""
-    lrs = [float(v) for v in history.loc[history["epoch"] <= epochs, "lr"]] if "lr" in history else []
-    run = {**config["run"], "stop_after_epoch": epochs, "lr_path": lrs or None}
-    return {**config, "seed": int(config.get("seed", 0)) + seed_offset, "run": run}
+    by_epoch = dict(zip(history["epoch"], history["lr"])) if {"epoch", "lr"} <= set(history) else {}
+    lrs = [float(by_epoch[e]) if e in by_epoch else None for e in range(1, epochs + 1)]  # None: the schedule's own
+    run = {**config["run"], "stop_after_epoch": epochs, "lr_path": lrs if by_epoch else None}
+    planned = max(int(config["epochs"]), epochs)  # --epochs beyond the trial's plan extends it
+    return {**config, "epochs": planned, "seed": int(config.get("seed", 0)) + seed_offset, "run": run}
 
 
 def refit(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int, model_dir: Path) -> list[dict]:
@@ -93,6 +95,9 @@ def final_model(best: pd.Series, config: dict, policy: str, refits: int, epochs:
     history = trial_history(best["trial_dir"])
     members, recipe, curves = [], [], {}
     if policy in ("checkpoint", "ensemble"):
+        if not isinstance(best.get("checkpoint"), str) or not (Path(best["checkpoint"]) / checkpoint.META).is_file():
+            raise results.ResultsError(f"trial {best['trial_id']}: its best checkpoint ({best.get('checkpoint')}) "
+                                       "is not there; use --final refit")
         model, meta = checkpoint.load(best["checkpoint"])
         members.append(model)
         recipe.append({"made_by": "the search", "trial_id": best["trial_id"], "epoch": int(meta.get("epoch", 0)),
@@ -134,7 +139,8 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
 
     run = config["run"]  # the test split: read here, once, after the model is fixed
     test_items = data.read_split(run["split_file"], ("test",))
-    x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"])
+    x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"],
+                            cache_dir=run.get("cache_dir"), cache_max_gb=run.get("cache_max_gb"))
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
     confusion = torch.tensor(test["confusion"])
     low, high = metrics.wilson_interval(int(confusion.diag().sum()), len(test_items))

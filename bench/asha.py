@@ -16,8 +16,9 @@ Train worker group): this compares search algorithms, and per-trial start-up (me
 bench/overhead.py) would only add the same constant to both arms.
 
 Asynchronous ASHA promotes by arrival time, so one run per seed is noise: it runs 5 seeds and
-prints each arm's median and spread. The goal, held on the medians: TPE + ASHA comes within 0.5
-points of random+fifo's best with at most 1/3 of its trial-epochs. The last line is
+prints each arm's median and spread. The goal, held on medians over the seeds: TPE + ASHA's
+trial-epochs are at most 1/3 of random+fifo's, and its per-seed accuracy gap to random+fifo's
+best is within 0.5 points. The last line is
 `ratio=<median tpe+asha epochs / median random+fifo epochs> goal<=0.33`, or `ratio=inf` when
 the median accuracy gap misses 0.5 points.
 

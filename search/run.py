@@ -125,6 +125,7 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
     from analysis.results import SEARCH_FILE
 
     (exp_dir / SEARCH_FILE).write_text(json.dumps(info, indent=2))
+    (exp_dir / study_mod.JOURNAL_FILE).unlink(missing_ok=True)  # a study of a search killed before it began
     return info
 
 
@@ -193,31 +194,50 @@ def warm_start(previous_dir: str, search_alg, spec) -> None:
           flush=True)
 
 
-def check_study_options(args, name: str) -> None:
+def check_study_options(args, name: str, spec) -> None:
     """--warm-start and --study-storage are checked before Ray starts."""
-    from analysis import results
-
     if args.warm_start and args.resume:
         raise space_mod.SpaceError("--warm-start: a resumed search keeps its own study; drop --warm-start")
     if args.warm_start:
-        try:
-            study_mod.load(args.warm_start, results.read_search_info(args.warm_start))
-        except results.ResultsError as e:
-            raise space_mod.SpaceError(f"--warm-start: {e}") from None
-        except Exception as e:  # no study in it, or one Optuna cannot read
-            raise space_mod.SpaceError(f"--warm-start {args.warm_start}: no readable Optuna study "
-                                       f"({type(e).__name__}: {e})") from None
+        _check_warm_start(args.warm_start, spec)
     if args.study_storage and not args.resume:
-        import optuna
+        _check_study_storage(args.study_storage, name)
 
-        try:
-            names = optuna.get_all_study_names(study_mod.storage(None, args.study_storage))
-        except Exception as e:  # a bad URL, a missing driver, a database that does not answer
-            raise space_mod.SpaceError(f"--study-storage {args.study_storage}: cannot open it "
-                                       f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        if name in names:
-            raise space_mod.SpaceError(f"--study-storage: a study named {name!r} is already there; "
-                                       "pick another --name")
+
+def _check_warm_start(previous_dir: str, spec) -> None:
+    from analysis import results
+
+    try:
+        prev = results.read_search_info(previous_dir)
+    except results.ResultsError as e:
+        raise space_mod.SpaceError(f"--warm-start: {e}") from None
+    if study_mod.uses_rdb(prev):
+        raise space_mod.SpaceError(f"--warm-start {previous_dir}: its study is in a database "
+                                   f"({prev['study_storage']}); warm start reads a results folder's "
+                                   f"{study_mod.JOURNAL_FILE}")
+    try:
+        study_mod.load(previous_dir, prev)
+    except Exception as e:  # no study in it, or one Optuna cannot read
+        raise space_mod.SpaceError(f"--warm-start {previous_dir}: no readable Optuna study "
+                                   f"({type(e).__name__}: {e})") from None
+    if (prev["metric"], prev["mode"]) != (spec.search.metric, spec.search.mode):
+        raise space_mod.SpaceError(f"--warm-start {previous_dir}: that search optimised {prev['metric']} "
+                                   f"({prev['mode']}), this one {spec.search.metric} ({spec.search.mode}); "
+                                   "its scores would mislead the sampler")
+
+
+def _check_study_storage(url: str, name: str) -> None:
+    import optuna
+
+    try:
+        shown = study_mod.storage_label(None, url)
+        names = optuna.get_all_study_names(study_mod.storage(None, url))
+    except Exception as e:  # a bad URL, a missing driver, a database that does not answer
+        raise space_mod.SpaceError(f"--study-storage: cannot open it ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if name in names:
+        raise space_mod.SpaceError(f"--study-storage {shown}: a study named {name!r} is already there; "
+                                   "pick another --name")
 
 
 def run_search(args, spec, name: str, index):
@@ -279,7 +299,8 @@ def run_search(args, spec, name: str, index):
         if args.warm_start:
             warm_start(args.warm_start, search_alg, spec)
         tuner = tuner_mod.build(spec, search_alg, storage, name, n, callbacks=callbacks)
-    print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
+    if info.get("study_storage"):  # searches started before the live study have none
+        print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
     try:
         tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
@@ -290,6 +311,12 @@ def run_search(args, spec, name: str, index):
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
+    if not interrupted and info.get("study_storage"):
+        try:
+            url = args.study_storage or (info["study_storage"] if study_mod.uses_rdb(info) else None)
+            study_mod.close_unfinished(study_mod.load(exp_dir, info, url))
+        except Exception as e:  # the study is a view of the search; never worth failing it for
+            print(f"warning: could not close the study's unfinished trials: {type(e).__name__}: {e}")
     board = results.leaderboard(table, info)
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
           f"{time.time() - args.started:.0f}s wall time in all: "
@@ -335,7 +362,7 @@ def main(argv=None) -> int:
         spec, name, index = prepare(args)
         if not args.dry_run:
             check_results_dir(args, name)  # before Ray starts
-            check_study_options(args, name)
+            check_study_options(args, name, spec)
         if args.mlflow:
             import importlib.util
 

@@ -52,7 +52,7 @@ class DataSpec(_Strict):
     limit_per_class: Optional[int] = Field(None, ge=3)
     cache_dir: Optional[str] = Field(None, description="where decoded images are cached; default "
                                                           "~/.cache/hpo-finetune (or HPO_CACHE_DIR)")
-    cache_max_gb: Optional[float] = Field(None, gt=0, description="cap on the decoded-image cache; least recently "
+    cache_max_gb: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description="cap on the decoded-image cache; least recently "
                                                                   "used files go first; default: HPO_CACHE_MAX_GB, "
                                                                   "else 20")
     conflicting_labels: Literal["drop", "keep"] = Field(

@@ -13,6 +13,14 @@ from pathlib import Path
 JOURNAL_FILE = "optuna.journal"
 
 
+def absolute_url(url: str) -> str:
+    """A relative SQLite path made absolute: a resumed search may start from another folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
 def storage(exp_dir: str | Path, url: str | None = None):
     """An Optuna storage object: the RDB at URL, else the journal file in the results folder."""
     import optuna
@@ -20,22 +28,30 @@ def storage(exp_dir: str | Path, url: str | None = None):
     from optuna.storages.journal import JournalFileBackend
 
     if url:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(absolute_url(url))
     return JournalStorage(JournalFileBackend(str(Path(exp_dir) / JOURNAL_FILE)))
 
 
 def storage_label(exp_dir: str | Path, url: str | None = None) -> str:
-    """What to give `optuna-dashboard` (and what search.json records)."""
-    return url or str(Path(exp_dir) / JOURNAL_FILE)
+    """What to give `optuna-dashboard`, and what search.json records: never a password."""
+    if not url:
+        return str(Path(exp_dir) / JOURNAL_FILE)
+    from sqlalchemy.engine import make_url
+
+    return make_url(absolute_url(url)).render_as_string(hide_password=True)
 
 
-def load(exp_dir: str | Path, info: dict):
-    """The study of a search's results folder (read only: JSON lines or the RDB)."""
+def uses_rdb(info: dict) -> bool:
+    return "://" in (info.get("study_storage") or "")
+
+
+def load(exp_dir: str | Path, info: dict, url: str | None = None):
+    """The study of a search's results folder: its journal, or the RDB at URL. (The URL recorded
+    in search.json has no password, and a folder received from someone else could name any
+    database: callers pass the URL they trust.)"""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = info.get("study_storage")
-    url = url if url and "://" in url else None
     return optuna.load_study(study_name=info["name"], storage=storage(exp_dir, url))
 
 
@@ -55,16 +71,11 @@ def distributions(spec) -> dict:
 
 
 def fits(dist, value) -> bool:
-    """Whether VALUE is one the new space's distribution can sample."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        return value in dist.choices
-    if isinstance(dist, IntDistribution):
-        return isinstance(value, int) and dist.low <= value <= dist.high
-    if isinstance(dist, FloatDistribution):
-        return isinstance(value, (int, float)) and dist.low <= value <= dist.high
-    return False
+    """Whether VALUE is one the new space's distribution can sample (its range, choices and step)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):  # a value of another type than the knob now has
+        return False
 
 
 def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
@@ -90,3 +101,15 @@ def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
             user_attrs={**t.user_attrs, "warm_start_from": f"{previous.study_name} #{t.number}"}))
         added += 1
     return added, sorted(dropped)
+
+
+def close_unfinished(study) -> int:
+    """End the study's trials still RUNNING once a search has ended (not interrupted): trials the
+    time budget stopped (Tune tells the searcher nothing of them) and trials asked for just
+    before a kill, whose resume asked anew. PRUNED if they reported an epoch, else FAIL."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        study.tell(t.number, state=TrialState.PRUNED if t.intermediate_values else TrialState.FAIL)
+    return len(running)

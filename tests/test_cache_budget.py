@@ -43,16 +43,33 @@ def test_least_recently_used_files_go_first_when_over_the_cap(tmp_path, monkeypa
         _load(root, cache, size)
     files = {p.stem.split("-")[1]: p for p in (cache / "decoded").glob("*.npy")}
     assert set(files) == {"40x16", "40x20", "40x24"}
-    now = time.time()
-    os.utime(files["40x16"], (now - 300, now - 300))  # used 5 min ago
-    os.utime(files["40x20"], (now - 3600, now - 3600))  # an hour ago: the least recently used
-    os.utime(files["40x24"], (now - 60, now - 60))
+    day = 86400
+    os.utime(files["40x16"], (time.time() - 2 * day,) * 2)
+    os.utime(files["40x20"], (time.time() - 3 * day,) * 2)  # the least recently used
+    os.utime(files["40x24"], (time.time() - day,) * 2)
     monkeypatch.setattr(image_cache, "_used", set())  # a new search, in a new process
 
     cap_gb = 175_000 / cache_budget.GB  # room for the 24 px file (69 kB) and the new 28 px one (94 kB)
     _load(root, cache, 28, cache_max_gb=cap_gb)
     assert _files(cache) == {"40x24", "40x28"}  # 20 px went first, then 16 px; 24 px was used last
     assert sum(e.bytes for e in cache_budget.entries(cache / "decoded")) <= 175_000
+
+
+@pytest.mark.timeout(120)
+def test_a_file_used_in_the_last_hour_is_kept_even_over_the_cap(tmp_path, monkeypatch):
+    """Another search, maybe on another node, may have it mapped."""
+    root = make_folder(tmp_path / "imgs", {"a": 20, "b": 20})
+    cache = tmp_path / "cache"
+    _load(root, cache, 16)
+    [old] = (cache / "decoded").glob("*.npy")
+    os.utime(old, (time.time() - 1800,) * 2)  # half an hour ago
+    monkeypatch.setattr(image_cache, "_used", set())
+    _load(root, cache, 24, cache_max_gb=80_000 / cache_budget.GB)  # room for the new file only
+    assert _files(cache) == {"40x16", "40x24"}
+    os.utime(old, (time.time() - 7200,) * 2)  # two hours ago: free to go
+    monkeypatch.setattr(image_cache, "_used", set())
+    _load(root, cache, 28, cache_max_gb=180_000 / cache_budget.GB)
+    assert "40x16" not in _files(cache) and "40x28" in _files(cache)
 
 
 @pytest.mark.timeout(120)
@@ -143,4 +160,4 @@ def test_a_bad_cap_variable_stops_the_search_before_it_starts(tmp_path):
     env = {**os.environ, cache_budget.CACHE_MAX_ENV: "lots"}
     r = search_cli([str(ROOT / "spaces" / "smoke.yaml"), "--dry-run"], timeout=100, env=env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "error: HPO_CACHE_MAX_GB='lots': not a number of GB (e.g. HPO_CACHE_MAX_GB=20)"
+    assert r.stderr.strip().splitlines()[-1] == "error: HPO_CACHE_MAX_GB='lots': not a number of GB above 0 (e.g. HPO_CACHE_MAX_GB=20)"

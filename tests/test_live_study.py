@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -24,47 +23,54 @@ def _running_with_epochs(exp) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING and t.intermediate_values]
 
 
-@pytest.mark.timeout(600)
-def test_another_process_sees_a_running_trial_and_its_epochs(tmp_path):
-    exp = tmp_path / "res" / "live"
-    cmd = [sys.executable, "-m", "search.run", SMOKE, "--storage", str(tmp_path / "res"), "--name", "live",
-           "--set", "search.num_samples=2", "--set", "search.points_to_evaluate=[]",
-           "--set", "space.epochs=8", "--set", "search.scheduler.max_t=8", "--set", "search.scheduler.grace_period=8",
-           "--set", "data.limit_per_class=100"]
-    log = open(tmp_path / "search.log", "w")
+@pytest.fixture(scope="module")
+def live_search(tmp_path_factory):
+    """Runs the smoke space's two fixed trials (lr 0.003 and 1e-6), 8 epochs each, while this
+    process polls the study; returns (results folder, the RUNNING trials seen with an epoch)."""
+    tmp = tmp_path_factory.mktemp("live")
+    exp = tmp / "res" / "live"
+    cmd = [sys.executable, "-m", "search.run", SMOKE, "--storage", str(tmp / "res"), "--name", "live",
+           "--set", "search.num_samples=2", "--set", "space.epochs=8", "--set", "search.scheduler.max_t=8",
+           "--set", "search.scheduler.grace_period=8", "--set", "data.limit_per_class=100"]
+    log = open(tmp / "search.log", "w")
     search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         seen, deadline = [], time.time() + 400
         while not seen and time.time() < deadline and search.poll() is None:
             seen = _running_with_epochs(exp)
             time.sleep(0.2)
-        assert seen, f"no RUNNING trial with an epoch reported was seen:\n{(tmp_path / 'search.log').read_text()}"
-        assert seen[0].user_attrs["trial_id"] and min(seen[0].intermediate_values) == 1
         search.wait(timeout=400)
     finally:
         kill_group(search.pid)
         search.wait(timeout=30)
-    assert search.returncode == 0, (tmp_path / "search.log").read_text()
+    assert search.returncode == 0, (tmp / "search.log").read_text()
+    return exp, seen
+
+
+@pytest.mark.timeout(600)
+def test_another_process_sees_a_running_trial_and_its_epochs(live_search):
+    exp, seen = live_search
+    assert seen, "no RUNNING trial with an epoch reported was seen while the search ran"
+    assert seen[0].user_attrs["trial_id"] and min(seen[0].intermediate_values) == 1
     done = study_mod.load(exp, {"name": "live"}).trials  # afterwards, as optuna.load_study reads it
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == list(range(1, 9)) for t in done)
 
 
 @pytest.mark.timeout(600)
-def test_warm_start_seeds_the_sampler_with_the_first_searchs_trials(tmp_path):
-    first = search_cli([SMOKE, "--storage", str(tmp_path), "--name", "first"], timeout=400)
-    assert first.returncode == 0, first.stderr
+def test_warm_start_seeds_the_sampler_with_an_earlier_searchs_trials(live_search, tmp_path):
+    first, _ = live_search
     narrower = "space.lr={float: [0.0001, 0.01], log: true}"  # the first search's 1e-6 trial is out of range
-    second = search_cli([SMOKE, "--storage", str(tmp_path), "--name", "second", "--warm-start", str(tmp_path / "first"),
+    second = search_cli([SMOKE, "--storage", str(tmp_path), "--name", "second", "--warm-start", str(first),
                          "--set", narrower, "--set", "search.num_samples=1", "--set", "search.points_to_evaluate=[]"],
                         timeout=400)
     assert second.returncode == 0, second.stderr
-    assert (f"warm start: 2 finished trials of {tmp_path / 'first'} seed the sampler; knobs left out (not in this "
-            "space, or out of its range): lr") in second.stdout
+    assert (f"warm start: 1 finished trials of {first} seed the sampler; knobs left out (not in this space, or out "
+            "of its range): lr") in second.stdout
     study = study_mod.load(tmp_path / "second", {"name": "second"})
-    seeded = [t for t in study.trials if "warm_start_from" in t.user_attrs]
-    assert len(seeded) == 2 and len(study.trials) == 3
-    assert {t.state for t in seeded} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    [seeded] = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    assert seeded.params == {"lr": 0.003} and seeded.state == TrialState.COMPLETE and len(study.trials) == 2
+    assert sorted(seeded.intermediate_values) == list(range(1, 9))
     assert all(1e-4 <= t.params["lr"] <= 1e-2 for t in study.trials)
 
 
@@ -75,3 +81,14 @@ def test_warm_start_from_a_folder_without_a_study_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"error: --warm-start: {tmp_path / 'nothing'}: not a results folder (no search.json); give the folder "
         "`python -m search.run` printed at the end, e.g. results/finetune"]
+
+
+@pytest.mark.timeout(120)
+def test_warm_start_from_a_search_with_another_objective_is_one_line(live_search, tmp_path):
+    first, _ = live_search
+    r = search_cli([SMOKE, "--storage", str(tmp_path), "--warm-start", str(first), "--set", "search.metric=val_loss",
+                    "--set", "search.mode=min"], timeout=100)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: --warm-start {first}: that search optimised val_acc (max), this one val_loss (min); its scores "
+        "would mislead the sampler"]

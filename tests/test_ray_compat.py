@@ -64,3 +64,41 @@ def test_the_searcher_survives_tunes_save_and_restore_with_its_live_study(tmp_pa
     again.on_trial_complete("a", _epoch(0.6, 3))
     [t] = study_mod.load(tmp_path, {"name": "s"}).trials  # the journal in the results folder
     assert t.state == TrialState.COMPLETE and t.intermediate_values == {1: 0.5, 3: 0.6}
+
+
+@pytest.mark.timeout(60)
+def test_a_trial_its_own_early_stop_ended_is_complete_not_pruned(tmp_path):
+    s = _searcher(tmp_path)
+    s.suggest("a")
+    s.on_trial_complete("a", {**_epoch(0.7, 2, of=6), "early_stopped": True})
+    [t] = study_of(s).trials
+    assert t.state == TrialState.COMPLETE and t.value == 0.7
+
+
+@pytest.mark.timeout(60)
+def test_trials_left_running_are_closed_when_the_search_ends(tmp_path):
+    """Tune tells the searcher nothing of trials its time budget stops."""
+    s = _searcher(tmp_path)
+    for t in "ab":
+        s.suggest(t)
+    s.on_trial_result("a", _epoch(0.5, 1))
+    assert study_mod.close_unfinished(study_of(s)) == 2
+    by_id = {t.user_attrs["trial_id"]: t for t in study_mod.load(tmp_path, {"name": "s"}).trials}
+    assert by_id["a"].state == TrialState.PRUNED and by_id["b"].state == TrialState.FAIL
+
+
+@pytest.mark.timeout(60)
+def test_warm_start_keeps_only_values_the_new_space_can_sample(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    old = optuna.create_study(direction="maximize")
+    for lr, width in ((0.01, 16), (0.5, 24), (0.02, 20)):
+        old.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "cnn_width": width}, value=0.5,
+            distributions={"lr": FloatDistribution(1e-3, 1.0, log=True), "cnn_width": IntDistribution(8, 32)}))
+    new = optuna.create_study(direction="maximize")
+    dists = {"lr": FloatDistribution(1e-3, 0.1, log=True), "cnn_width": IntDistribution(8, 32, step=8)}
+    added, dropped = study_mod.warm_start(new, old, dists)
+    assert added == 3 and dropped == ["cnn_width", "lr"]  # 0.5 is out of range; 20 is off the step
+    assert [t.params for t in new.trials] == [{"lr": 0.01, "cnn_width": 16}, {"cnn_width": 24}, {"lr": 0.02}]

@@ -74,13 +74,15 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
         assert _iterations(exp / f"trial_{trial_id}") == n, trial_id
     assert pd.read_csv(exp / "split.csv").equals(before)  # the same split, not a new one
 
-    from ray.tune.search.optuna import OptunaSearch
+    # the resumed search went on writing the same live study: every trial in it, once, finished
+    from optuna.trial import TrialState
 
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(exp))
-    study_trials = searcher._ot_study.trials
-    assert len(study_trials) == TRIALS  # the resumed sampler kept the earlier trials
-    assert {round(t.params["lr"], 12) for t in study_trials} == {round(x, 12) for x in trials["lr"]}
+    from search import study as study_mod
+
+    study = study_mod.load(exp, {"name": name})
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted(t.user_attrs["trial_id"] for t in finished) == sorted(trials["trial_id"])
+    assert {round(t.params["lr"], 12) for t in finished} == {round(x, 12) for x in trials["lr"]}
     assert not _strays(proc.pid)
 
 

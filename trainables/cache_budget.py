@@ -8,12 +8,15 @@ several sizes, or many searches, add files without end. Here:
   free for this);
 - a free-space check before a build, so a full disk fails at once with the numbers, not halfway;
 - a sweep of the temporary files of builds whose process died (kill -9, power loss).
-Removing a file another process has mapped is safe on POSIX: its mapping keeps the data until it
-is closed; a later trial that needs the file builds it again.
+A file used in the last hour is never removed (a trial on this or another node may have it
+mapped, and over NFS another node's mapping of a removed file fails): the cap can then be
+exceeded for a while. A later trial that needs a removed file builds it again.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 CACHE_MAX_ENV = "HPO_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0
 FREE_MARGIN = 256 * 2**20  # left free beyond the file itself: logs and checkpoints need room too
+IN_USE_S = 3600  # a file used this recently is never evicted: every trial that maps it touches it
 GB = 2**30
 
 
@@ -58,7 +62,9 @@ def cap_bytes(setting_gb: float | None = None) -> int:
         try:
             setting_gb = float(raw) if raw else DEFAULT_MAX_GB
         except ValueError:
-            raise CacheFull(f"{CACHE_MAX_ENV}={raw!r}: not a number of GB (e.g. {CACHE_MAX_ENV}=20)") from None
+            setting_gb = float("nan")
+        if not (math.isfinite(setting_gb) and setting_gb > 0):
+            raise CacheFull(f"{CACHE_MAX_ENV}={raw!r}: not a number of GB above 0 (e.g. {CACHE_MAX_ENV}=20)")
     return int(setting_gb * GB)
 
 
@@ -84,23 +90,26 @@ def _sidecar(npy: Path) -> dict:
 
 
 def remove(entry: Entry) -> None:
-    for p in (entry.path, entry.path.with_suffix(".json"), entry.path.with_suffix(".lock")):
+    """The file and its description; its lock file stays (a process may be waiting on it)."""
+    for p in (entry.path, entry.path.with_suffix(".json")):
         p.unlink(missing_ok=True)
 
 
-def make_room(decoded_dir: Path, need: int, cap: int, keep: set[Path]) -> list[Entry]:
-    """Before writing NEED bytes: remove least recently used files (never those in KEEP) until the
-    cache fits the cap, then check the disk. Returns what was removed; raises CacheFull."""
+def make_room(decoded_dir: Path, need: int, cap: int, keep: set[Path], now: float | None = None) -> list[Entry]:
+    """Before writing NEED bytes: remove least recently used files until the cache (builds under
+    way included) fits the cap, then check the disk. Never removes a file in KEEP (this
+    process's) or one used in the last IN_USE_S (another search's, maybe on another node, may
+    have it mapped). Returns what was removed; raises CacheFull."""
     if need > cap:
         raise CacheFull(f"{decoded_dir}: these images need {human(need)} decoded, more than the cache cap of "
                         f"{human(cap)}; raise data.cache_max_gb (or {CACHE_MAX_ENV}) or lower image_size")
-    removed = []
+    removed, now = [], now or time.time()
     files = entries(decoded_dir)
-    total = sum(e.bytes for e in files)
+    total = sum(e.bytes for e in files) + _partial_bytes(decoded_dir)
     for e in files:
         if total + need <= cap:
             break
-        if e.path in keep:
+        if e.path in keep or now - e.last_used < IN_USE_S:
             continue
         remove(e)
         removed.append(e)
@@ -112,6 +121,15 @@ def make_room(decoded_dir: Path, need: int, cap: int, keep: set[Path]) -> list[E
     return removed
 
 
+def _partial_bytes(decoded_dir: Path) -> int:
+    """Bytes the builds under way will hold (their files are full size, sparse, from the start)."""
+    total = 0
+    for p in Path(decoded_dir).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
 def partial_name(dest: Path) -> Path:
     """Where a build writes before its rename: named by host and PID, so that a later build can
     tell a dead build's leftovers from a live one (also with a cache folder shared by nodes)."""
@@ -121,8 +139,9 @@ def partial_name(dest: Path) -> Path:
 def sweep_partials(decoded_dir: Path) -> list[Path]:
     """Remove the temporary files of this host's builds whose process is gone."""
     removed = []
-    for p in Path(decoded_dir).glob(f".*.{socket.gethostname()}.*.tmp"):
-        m = re.search(r"\.(\d+)\.tmp$", p.name)
+    mine = re.compile(rf"^\..+\.npy\.{re.escape(socket.gethostname())}\.(\d+)\.tmp$")
+    for p in Path(decoded_dir).glob(".*.tmp"):
+        m = mine.match(p.name)
         if m and not _alive(int(m[1])):
             p.unlink(missing_ok=True)
             removed.append(p)
@@ -142,6 +161,6 @@ def _alive(pid: int) -> bool:
 def touch(path: Path) -> None:
     """Mark a file as used now (its mtime is its last use)."""
     try:
-        os.utime(path, (time.time(), time.time()))
+        os.utime(path)  # "now": allowed to any user who may write the file, not only its owner
     except OSError:  # a read-only cache still works; it just cannot record use
         pass

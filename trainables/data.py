@@ -7,6 +7,7 @@ so that every trial, and the retrain, reads the very same files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -60,7 +61,8 @@ def materialize_animal_mnist(cache_dir: Path) -> Path:
 
     root = cache_dir / "animal-mnist-v1"
     if root.is_dir():
-        (root / ".complete").unlink(missing_ok=True)  # the marker older versions wrote: not an image
+        with contextlib.suppress(OSError):  # the marker older versions wrote; a read-only cache keeps it
+            (root / ".complete").unlink(missing_ok=True)
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     with np.load(_ASSETS / "animal_mnist.npz", allow_pickle=False) as z:

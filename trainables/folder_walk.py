@@ -65,16 +65,25 @@ def _files_under(folder: Path, root: Path, walk: Walk, extensions: set[str], see
             found += _files_under(path, root, walk, extensions, seen)
         elif entry.is_file():
             (found if path.suffix.lower() in extensions else walk.other).append(_rel(path, root))
-        elif entry.is_symlink():
-            walk.ignored.append((_rel(path, root), "broken symbolic link"))
+        else:
+            walk.ignored.append((_rel(path, root), _odd(entry)))
     return found
+
+
+def _odd(entry: os.DirEntry) -> str:
+    return "broken symbolic link" if entry.is_symlink() else "not a regular file (a pipe, socket or device)"
 
 
 def walk_classes(folder: Path, root: Path, extensions: set[str], walk: Walk | None = None) -> Walk:
     """FOLDER's subfolders as classes (files under them, at any depth, belong to them); files
     directly in FOLDER belong to no class and are listed as ignored."""
     walk = walk or Walk()
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        from trainables.data import DataError
+
+        raise DataError(f"{folder}: cannot list the folder ({e.strerror})") from None
     classes = [Path(e.path) for e in entries if e.is_dir() and not _left_out(Path(e.path), root, True)]
     seen = {os.path.realpath(folder)} | {os.path.realpath(c) for c in classes}
     for entry in entries:
@@ -88,5 +97,5 @@ def walk_classes(folder: Path, root: Path, extensions: set[str], walk: Walk | No
         elif entry.is_file():
             walk.ignored.append((_rel(path, root), "not inside a class folder"))
         else:
-            walk.ignored.append((_rel(path, root), "broken symbolic link"))
+            walk.ignored.append((_rel(path, root), _odd(entry)))
     return walk

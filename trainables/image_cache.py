@@ -102,22 +102,38 @@ def open_or_build(root: str | Path, paths: list[str], image_size: int, cache_dir
     its cap (MAX_GB, see `cache_budget.cap_bytes`), never removing a file this process uses."""
     root = Path(root)
     dest = cache_path(Path(cache_dir), root, paths, image_size)
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest.with_suffix(".lock"), "w") as lock:
+    for _ in range(3):  # another process may remove the file between the check and the map
+        if not dest.exists():
+            _build_once(root, paths, image_size, dest, stream, max_gb)
+        cache_budget.touch(dest)
+        try:
+            arr = np.load(dest, mmap_mode="c")
+        except FileNotFoundError:
+            continue
+        _used.add(dest)
+        return arr
+    raise FileNotFoundError(f"{dest}: removed by another process as soon as it was built; "
+                            "raise the cache cap (data.cache_max_gb)")
+
+
+def _build_once(root: Path, paths: list[str], image_size: int, dest: Path, stream, max_gb) -> None:
+    """Build DEST unless another process does: under its lock, the cache trimmed first."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_suffix(".lock"), "w") as lock:
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial waits for the first one's build
-            if not dest.exists():
-                cache_budget.sweep_partials(dest.parent)
-                need = len(paths) * 3 * image_size * image_size + 4096  # pixels + .npy header
-                removed = cache_budget.make_room(dest.parent, need, cache_budget.cap_bytes(max_gb), _used | {dest})
-                if removed and stream is not None:
-                    print(f"  cache: removed {len(removed)} least recently used file(s), "
-                          f"{cache_budget.human(sum(e.bytes for e in removed))}, to stay under the cap",
-                          file=stream, flush=True)
-                build(root, paths, image_size, dest, stream=stream)
-    cache_budget.touch(dest)
-    _used.add(dest)
-    return np.load(dest, mmap_mode="c")
+        except OSError:  # a file system without locks (Lustre without -o flock): the rename keeps it whole
+            pass
+        if dest.exists():
+            return
+        cache_budget.sweep_partials(dest.parent)
+        need = len(paths) * 3 * image_size * image_size + 4096  # pixels + .npy header
+        removed = cache_budget.make_room(dest.parent, need, cache_budget.cap_bytes(max_gb), _used | {dest})
+        if removed and stream is not None:
+            print(f"  cache: removed {len(removed)} least recently used file(s), "
+                  f"{cache_budget.human(sum(e.bytes for e in removed))}, to stay under the cap",
+                  file=stream, flush=True)
+        build(root, paths, image_size, dest, stream=stream)
 
 
 _used: set[Path] = set()  # files this process has mapped: never evicted by its own builds

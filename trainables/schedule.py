@@ -53,8 +53,9 @@ class EpochSchedule:
     """
 
     def __init__(self, p: TrialParams, optimizer: torch.optim.Optimizer, replay: list[float] | None = None):
-        """REPLAY: head LRs of epochs 1, 2, ... as a trial reported them; a refit follows them exactly
-        (plateau included, whose signal, the val score, a refit on train+val does not have)."""
+        """REPLAY: head LRs of epochs 1, 2, ... as a trial reported them (None: an epoch it has no
+        report of); a refit follows them exactly (plateau included, whose signal, the val score, a
+        refit on train+val does not have). The head's group is the optimiser's first."""
         self.p, self.optimizer, self.replay = p, optimizer, replay
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
@@ -62,7 +63,7 @@ class EpochSchedule:
         self.plateau_scale, self.best, self.bad_epochs = 1.0, None, 0
 
     def factor(self, epoch: int) -> float:
-        if self.replay and epoch <= len(self.replay):
+        if self.replay and epoch <= len(self.replay) and self.replay[epoch - 1] is not None:
             return self.replay[epoch - 1] / self.p.lr
         p, w = self.p, self.p.warmup_epochs
         if epoch <= w:

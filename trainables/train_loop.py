@@ -162,6 +162,8 @@ def fit(config: dict, session, train_splits=("train",), val_split: str | None = 
             row["epoch_of"] = params.epochs
             lr_schedule.after_epoch(epoch, row[objective], mode)
             stop = stopper.update(row[objective], mode)
+            if stop:
+                row["early_stopped"] = True  # ended by its own patience, not by ASHA: a completed trial
 
             def save(d, epoch=epoch, row=row):
                 checkpoint.save(d, model, {**meta, "epoch": epoch, "metrics": row},
