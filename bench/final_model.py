@@ -14,6 +14,7 @@ the policy is fixed before its one test.)
 
     python bench/final_model.py            # 5 seeds: about 4 minutes here
     python bench/final_model.py --refits 2 # the ensemble with two refits
+    python bench/final_model.py --quick    # one seed, 3 short trials: that it works
     python bench/final_model.py --seeds 0  # one seed
 """
 from __future__ import annotations
@@ -36,15 +37,15 @@ GOAL_POINTS = 1.0
 SPACE = """
 name: final-bench
 search:
-  num_samples: 10
+  num_samples: {trials}
   max_concurrent_trials: 2
   seed: {seed}
-  scheduler: {{max_t: 6, grace_period: 1, reduction_factor: 2}}
+  scheduler: {{max_t: {epochs}, grace_period: 1, reduction_factor: 2}}
 data: {{split: {{seed: {seed}}}}}
 space:
   model: cnn
   image_size: 32
-  epochs: 6
+  epochs: {epochs}
   lr: {{float: [1.0e-4, 3.0e-2], log: true}}
   batch_size: {{choice: [16, 32]}}
   cnn_width: {{choice: [16, 32]}}
@@ -65,13 +66,13 @@ def imbalanced_folder(root: Path) -> Path:
     return root
 
 
-def one_seed(seed: int, folder: Path, tmp: Path, refits: int) -> dict[str, float]:
+def one_seed(seed: int, folder: Path, tmp: Path, refits: int, quick: bool) -> dict[str, float]:
     """Search, then each policy's test accuracy."""
     from analysis import retrain
     from search import run
 
     space = tmp / f"space-{seed}.yaml"
-    space.write_text(SPACE.format(seed=seed))
+    space.write_text(SPACE.format(seed=seed, trials=3 if quick else 10, epochs=2 if quick else 6))
     with contextlib.redirect_stdout(io.StringIO()):
         assert run.main([str(space), "--data", str(folder), "--storage", str(tmp / "res"), "--name", f"s{seed}"]) == 0
         return {p: retrain.retrain(tmp / "res" / f"s{seed}", out=tmp / "res" / f"s{seed}" / p, policy=p,
@@ -81,8 +82,11 @@ def one_seed(seed: int, folder: Path, tmp: Path, refits: int) -> dict[str, float
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--quick", action="store_true", help="1 seed, 3 trials of 2 epochs, 1 refit: that it works")
     ap.add_argument("--refits", type=int, default=4, help="refits in the ensemble (analysis.retrain's default: 4)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.refits = args.seeds[:1], 1
     print(f"{sum(COUNTS.values())} images, {len(COUNTS)} classes {list(COUNTS.values())}; 10 trials of a small "
           f"CNN at 32 px, up to 6 epochs, per seed; seeds {args.seeds}", flush=True)
     worst, accs = float("inf"), {p: [] for p in POLICIES}
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         folder = imbalanced_folder(tmp / "imgs")
         for seed in args.seeds:
-            acc = one_seed(seed, folder, tmp, args.refits)
+            acc = one_seed(seed, folder, tmp, args.refits, args.quick)
             for p in POLICIES:
                 accs[p].append(acc[p])
             margin = 100 * (acc["ensemble"] - acc["checkpoint"])

@@ -16,6 +16,8 @@ from tests.conftest import ROOT
     ("data.py", r"goal>=3"),
     ("throughput.py", r"goal>=0\.9"),
     ("asha.py", r"goal<=0\.33"),
+    ("final_model.py", r"goal>=1"),
+    ("warm_start.py", r"goal<1"),
 ])
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
