@@ -246,59 +246,21 @@ def run_search(args, spec, name: str, index):
     import ray
 
     from analysis import results
-    from search import tuner as tuner_mod
-    from search.progress import ProgressPrinter
 
-    storage = _abs_storage(args.storage)
     exp_dir, state = check_results_dir(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
     info = (results.read_search_info(exp_dir) if args.resume
             else write_inputs(exp_dir, spec, index, name, args.study_storage))
     cluster = ray.cluster_resources()
-    demand = tuner_mod.trial_demand(spec)
-    short = {k: (v, cluster.get(k, 0)) for k, v in demand.items() if cluster.get(k, 0) < v}
-    if short:
-        need = ", ".join(f"{v:g} {k} per trial but the cluster has {have:g}" for k, (v, have) in short.items())
-        if not args.address:  # nothing will ever add resources to the local cluster
-            raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
-        print(f"warning: {need} now; trials wait until the cluster's autoscaler adds nodes", flush=True)
-    if tuner_mod.uses_ray_train(spec) and cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
-        raise space_mod.SpaceError(f"the Ray cluster has no '{tuner_mod.DRIVER_TOKEN}' resource for trial drivers; "
-                                   f"start its head with --resources='{{\"{tuner_mod.DRIVER_TOKEN}\": 8}}'")
-    n = tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
-    context = {
-        "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
-        "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
-        "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
-        "cache_dir": str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
-        "cache_max_gb": spec.data.cache_max_gb,
-        **spec.resources.model_dump(),
-    }
+    n = _concurrency(args, spec, cluster)
+    context = trial_context(spec, info, exp_dir)
     warm_cache(spec, info, context["cache_dir"])
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{spec.search.num_samples} trials, up to {n} at a time, each {demand}; "
+          f"{spec.search.num_samples} trials, up to {n} at a time, each {_demand(spec)}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
           f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
     print(f"results: {exp_dir}", flush=True)
-    callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]
-    if args.mlflow:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        callbacks.append(MLflowLoggerCallback(tracking_uri=args.mlflow, experiment_name=name, save_artifact=False))
-    if args.resume:
-        print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
-              "continue from their last checkpoint", flush=True)
-        # trials keep the runtime and resources they started with (their stored configs say so)
-        started_with = space_mod.load(exp_dir / "space.yaml")
-        if started_with.resources != spec.resources:
-            print(f"note: resuming with the resources the search started with ({exp_dir / 'space.yaml'}), "
-                  f"not {args.space}'s", flush=True)
-        tuner = tuner_mod.restore(exp_dir, started_with)
-    else:
-        search_alg = tuner_mod.searcher(spec, context, name, study_mod.storage(exp_dir, args.study_storage))
-        if args.warm_start:
-            warm_start(args.warm_start, search_alg, spec)
-        tuner = tuner_mod.build(spec, search_alg, storage, name, n, callbacks=callbacks)
+    tuner = _tuner(args, spec, name, exp_dir, state, context, n)
     if info.get("study_storage"):  # searches started before the live study have none
         print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
@@ -311,17 +273,92 @@ def run_search(args, spec, name: str, index):
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
-    if not interrupted and info.get("study_storage"):
-        try:
-            url = args.study_storage or (info["study_storage"] if study_mod.uses_rdb(info) else None)
-            study_mod.close_unfinished(study_mod.load(exp_dir, info, url))
-        except Exception as e:  # the study is a view of the search; never worth failing it for
-            print(f"warning: could not close the study's unfinished trials: {type(e).__name__}: {e}")
-    board = results.leaderboard(table, info)
+    if not interrupted:
+        _close_study(args, exp_dir, info)
+    print_outcome(args, name, exp_dir, info, table, csv_path, elapsed, interrupted)
+    return table, interrupted
+
+
+def _demand(spec) -> dict:
+    from search import tuner as tuner_mod
+
+    return tuner_mod.trial_demand(spec)
+
+
+def _concurrency(args, spec, cluster: dict) -> int:
+    """Trials at once; a cluster that can never hold one trial is an error (a local one) or a wait."""
+    from search import tuner as tuner_mod
+
+    short = {k: (v, cluster.get(k, 0)) for k, v in _demand(spec).items() if cluster.get(k, 0) < v}
+    if short:
+        need = ", ".join(f"{v:g} {k} per trial but the cluster has {have:g}" for k, (v, have) in short.items())
+        if not args.address:  # nothing will ever add resources to the local cluster
+            raise space_mod.SpaceError(f"{args.space}: resources: {need}; lower resources.* or join a bigger cluster")
+        print(f"warning: {need} now; trials wait until the cluster's autoscaler adds nodes", flush=True)
+    if tuner_mod.uses_ray_train(spec) and cluster.get(tuner_mod.DRIVER_TOKEN, 0) < 1:
+        raise space_mod.SpaceError(f"the Ray cluster has no '{tuner_mod.DRIVER_TOKEN}' resource for trial drivers; "
+                                   f"start its head with --resources='{{\"{tuner_mod.DRIVER_TOKEN}\": 8}}'")
+    return tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
+
+
+def trial_context(spec, info: dict, exp_dir: Path) -> dict:
+    """What every trial gets besides its knobs (config['run'])."""
+    return {
+        "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
+        "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
+        "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
+        "cache_dir": str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
+        "cache_max_gb": spec.data.cache_max_gb,
+        **spec.resources.model_dump(),
+    }
+
+
+def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: dict, n: int):
+    """A new Tuner (its searcher writing the live study, warm-started if asked), or the
+    interrupted one restored."""
+    from search import tuner as tuner_mod
+    from search.progress import ProgressPrinter
+
+    if args.resume:
+        print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
+              "continue from their last checkpoint", flush=True)
+        # trials keep the runtime and resources they started with (their stored configs say so)
+        started_with = space_mod.load(exp_dir / "space.yaml")
+        if started_with.resources != spec.resources:
+            print(f"note: resuming with the resources the search started with ({exp_dir / 'space.yaml'}), "
+                  f"not {args.space}'s", flush=True)
+        return tuner_mod.restore(exp_dir, started_with)
+    callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]
+    if args.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=args.mlflow, experiment_name=name, save_artifact=False))
+    search_alg = tuner_mod.searcher(spec, context, name, study_mod.storage(exp_dir, args.study_storage))
+    if args.warm_start:
+        warm_start(args.warm_start, search_alg, spec)
+    return tuner_mod.build(spec, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
+
+
+def _close_study(args, exp_dir: Path, info: dict) -> None:
+    """Close the study's trials left RUNNING by a search that ended (see study.close_unfinished)."""
+    if not info.get("study_storage"):
+        return
+    try:
+        url = args.study_storage or (info["study_storage"] if study_mod.uses_rdb(info) else None)
+        study_mod.close_unfinished(study_mod.load(exp_dir, info, url))
+    except Exception as e:  # the study is a view of the search; never worth failing it for
+        print(f"warning: could not close the study's unfinished trials: {type(e).__name__}: {e}")
+
+
+def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, elapsed: float,
+                  interrupted: bool) -> None:
+    """The end of a search: counts, the top of the leaderboard, failures, next commands."""
+    from analysis import results
+
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
           f"{time.time() - args.started:.0f}s wall time in all: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
-    print(results.format_board(board, info, top=5))
+    print(results.format_board(results.leaderboard(table, info), info, top=5))
     failed = table[table["status"].isin(["error", "diverged"])]
     if not failed.empty:
         print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
@@ -331,9 +368,9 @@ def run_search(args, spec, name: str, index):
           f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}\n"
           f"        python -m analysis.report {exp_dir}")
     if interrupted:
+        finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
         print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
-    return table, interrupted
 
 
 def warm_cache(spec, info: dict, cache_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Each bench/ script runs in --quick mode and ends with its `ratio=X goal...` line.
+"""The bench/ scripts run in --quick mode and end with their `ratio=X goal...` line.
 
 Only that they work is checked here, not how fast: figures belong to the scripts' full runs."""
 from __future__ import annotations
@@ -17,8 +17,7 @@ from tests.conftest import ROOT
     ("throughput.py", r"goal>=0\.9"),
     ("asha.py", r"goal<=0\.33"),
     ("final_model.py", r"goal>=1"),
-    ("warm_start.py", r"goal<1"),
-])
+])  # bench/warm_start.py --quick is left out (two searches, a minute): tests/test_live_study.py warm-starts
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
