@@ -19,6 +19,14 @@ def _searcher(tmp_path):
                              study_name="s", storage=study_mod.storage(tmp_path))
 
 
+def _asked(tmp_path, trial_ids: str):
+    """A searcher that has suggested a config for each of TRIAL_IDS (one letter each)."""
+    s = _searcher(tmp_path)
+    for t in trial_ids:
+        s.suggest(t)
+    return s
+
+
 def _epoch(value, epoch, of=3):
     return {"val_acc": value, "epoch": epoch, "epoch_of": of}
 
@@ -34,9 +42,7 @@ def test_optuna_search_keeps_the_private_state_the_subclass_uses(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_stopped_trials_are_pruned_completed_ones_keep_their_best_and_errors_fail(tmp_path):
-    s = _searcher(tmp_path)
-    for t in "abc":
-        s.suggest(t)
+    s = _asked(tmp_path, "abc")
     s.on_trial_result("a", _epoch(0.5, 1))
     s.on_trial_complete("a", _epoch(0.4, 2))  # ASHA stopped it at epoch 2 of 3
     s.on_trial_result("b", _epoch(0.6, 1))
@@ -78,9 +84,7 @@ def test_a_trial_its_own_early_stop_ended_is_complete_not_pruned(tmp_path):
 @pytest.mark.timeout(60)
 def test_trials_left_running_are_closed_when_the_search_ends(tmp_path):
     """Tune tells the searcher nothing of trials its time budget stops."""
-    s = _searcher(tmp_path)
-    for t in "ab":
-        s.suggest(t)
+    s = _asked(tmp_path, "ab")
     s.on_trial_result("a", _epoch(0.5, 1))
     assert study_mod.close_unfinished(study_of(s)) == 2
     by_id = {t.user_attrs["trial_id"]: t for t in study_mod.load(tmp_path, {"name": "s"}).trials}
