@@ -43,16 +43,10 @@ def list_cache(decoded: Path) -> None:
 
 def clean(decoded: Path, unused_days: float | None, to_gb: float | None) -> None:
     found = cache_budget.entries(decoded)  # least recently used first
-    total = sum(e.bytes for e in found)
-    removed = []
-    for e in found:
-        if unused_days is not None and time.time() - e.last_used < unused_days * 86400:
-            continue
-        if to_gb is not None and total <= to_gb * GB:
-            break
-        cache_budget.remove(e)
-        removed.append(e)
-        total -= e.bytes
+    now = time.time()
+    removed, total = cache_budget.evict_lru(
+        found, sum(e.bytes for e in found), int(to_gb * GB) if to_gb is not None else -1,
+        spare=lambda e: unused_days is not None and now - e.last_used < unused_days * 86400)
     swept = cache_budget.sweep_partials(decoded)
     print(f"removed {len(removed)} file(s), {human(sum(e.bytes for e in removed))}"
           f"{f' and {len(swept)} unfinished build(s)' if swept else ''}; {human(total)} left in {decoded}")

@@ -95,6 +95,21 @@ def remove(entry: Entry) -> None:
         p.unlink(missing_ok=True)
 
 
+def evict_lru(files: list[Entry], total: int, target: int, spare) -> tuple[list[Entry], int]:
+    """Remove FILES (least recently used first) until TOTAL bytes are down to TARGET, skipping
+    those SPARE(entry) protects; returns what was removed and the new total."""
+    removed = []
+    for e in files:
+        if total <= target:
+            break
+        if spare(e):
+            continue
+        remove(e)
+        removed.append(e)
+        total -= e.bytes
+    return removed, total
+
+
 def make_room(decoded_dir: Path, need: int, cap: int, keep: set[Path], now: float | None = None) -> list[Entry]:
     """Before writing NEED bytes: remove least recently used files until the cache (builds under
     way included) fits the cap, then check the disk. Never removes a file in KEEP (this
@@ -103,17 +118,10 @@ def make_room(decoded_dir: Path, need: int, cap: int, keep: set[Path], now: floa
     if need > cap:
         raise CacheFull(f"{decoded_dir}: these images need {human(need)} decoded, more than the cache cap of "
                         f"{human(cap)}; raise data.cache_max_gb (or {CACHE_MAX_ENV}) or lower image_size")
-    removed, now = [], now or time.time()
+    now = now or time.time()
     files = entries(decoded_dir)
-    total = sum(e.bytes for e in files) + _partial_bytes(decoded_dir)
-    for e in files:
-        if total + need <= cap:
-            break
-        if e.path in keep or now - e.last_used < IN_USE_S:
-            continue
-        remove(e)
-        removed.append(e)
-        total -= e.bytes
+    removed, _ = evict_lru(files, sum(e.bytes for e in files) + _partial_bytes(decoded_dir), cap - need,
+                           spare=lambda e: e.path in keep or now - e.last_used < IN_USE_S)
     free = shutil.disk_usage(decoded_dir).free
     if free < need + FREE_MARGIN:
         raise CacheFull(f"{decoded_dir}: decoding these images needs {human(need + FREE_MARGIN)} of disk but "

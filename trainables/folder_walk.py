@@ -42,36 +42,44 @@ def _left_out(path: Path, root: Path, is_dir: bool) -> str | None:
     return None
 
 
-def _files_under(folder: Path, root: Path, walk: Walk, extensions: set[str], seen: set) -> list[str]:
-    """Image files under FOLDER, following symbolic links to folders once each (no loops)."""
-    found = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        walk.ignored.append((_rel(folder, root), f"cannot list folder ({e.strerror})"))
-        return found
+def _listed(folder: Path) -> list[os.DirEntry]:
+    return sorted(os.scandir(folder), key=lambda e: e.name)
+
+
+def _kept(entries: list[os.DirEntry], root: Path, walk: Walk):
+    """(path, is_dir) of each entry to look at: a folder (links followed) or a file. Every other
+    entry (hidden, system, badly named, a broken link, a pipe) goes to walk.ignored with why."""
     for entry in entries:
         path = Path(entry.path)
         is_dir = entry.is_dir()  # follows links
         why = _left_out(path, root, is_dir)
+        if not why and not is_dir and not entry.is_file():
+            why = "broken symbolic link" if entry.is_symlink() else "not a regular file (a pipe, socket or device)"
         if why:
             walk.ignored.append((_rel(path, root) + ("/" if is_dir else ""), why))
-        elif is_dir:
-            real = os.path.realpath(path)
-            if real in seen:
-                walk.ignored.append((_rel(path, root) + "/", "link to a folder walked elsewhere (a loop, or a class)"))
-                continue
-            seen.add(real)
-            found += _files_under(path, root, walk, extensions, seen)
-        elif entry.is_file():
-            (found if path.suffix.lower() in extensions else walk.other).append(_rel(path, root))
         else:
-            walk.ignored.append((_rel(path, root), _odd(entry)))
+            yield path, is_dir
+
+
+def _files_under(folder: Path, root: Path, walk: Walk, extensions: set[str], seen: set) -> list[str]:
+    """Image files under FOLDER, following symbolic links to folders once each (no loops)."""
+    found = []
+    try:
+        entries = _listed(folder)
+    except OSError as e:
+        walk.ignored.append((_rel(folder, root), f"cannot list folder ({e.strerror})"))
+        return found
+    for path, is_dir in _kept(entries, root, walk):
+        if not is_dir:
+            (found if path.suffix.lower() in extensions else walk.other).append(_rel(path, root))
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            walk.ignored.append((_rel(path, root) + "/", "link to a folder walked elsewhere (a loop, or a class)"))
+            continue
+        seen.add(real)
+        found += _files_under(path, root, walk, extensions, seen)
     return found
-
-
-def _odd(entry: os.DirEntry) -> str:
-    return "broken symbolic link" if entry.is_symlink() else "not a regular file (a pipe, socket or device)"
 
 
 def walk_classes(folder: Path, root: Path, extensions: set[str], walk: Walk | None = None) -> Walk:
@@ -79,23 +87,17 @@ def walk_classes(folder: Path, root: Path, extensions: set[str], walk: Walk | No
     directly in FOLDER belong to no class and are listed as ignored."""
     walk = walk or Walk()
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = _listed(folder)
     except OSError as e:
         from trainables.data import DataError
 
         raise DataError(f"{folder}: cannot list the folder ({e.strerror})") from None
-    classes = [Path(e.path) for e in entries if e.is_dir() and not _left_out(Path(e.path), root, True)]
-    seen = {os.path.realpath(folder)} | {os.path.realpath(c) for c in classes}
-    for entry in entries:
-        path = Path(entry.path)
-        is_dir = entry.is_dir()
-        why = _left_out(path, root, is_dir)
-        if why:
-            walk.ignored.append((_rel(path, root) + ("/" if is_dir else ""), why))
-        elif is_dir:
+    kept = list(_kept(entries, root, walk))
+    # class folders are walked once each, as classes: a link into one from another is not followed
+    seen = {os.path.realpath(folder)} | {os.path.realpath(path) for path, is_dir in kept if is_dir}
+    for path, is_dir in kept:
+        if is_dir:
             walk.classes[path.name] = _files_under(path, root, walk, extensions, seen)
-        elif entry.is_file():
-            walk.ignored.append((_rel(path, root), "not inside a class folder"))
         else:
-            walk.ignored.append((_rel(path, root), _odd(entry)))
+            walk.ignored.append((_rel(path, root), "not inside a class folder"))
     return walk
