@@ -84,15 +84,15 @@ def refit(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int, mo
     return session.history
 
 
-def final_model(best: pd.Series, config: dict, policy: str, refits: int, epochs: int, out: Path):
+def final_model(best: pd.Series, config: dict, history: pd.DataFrame, policy: str, refits: int, epochs: int,
+                out: Path):
     """The model analysis.retrain hands back, made by POLICY (fixed before the test split is read):
     - checkpoint: the best trial's own best checkpoint (trained on train, chosen on val);
     - refit: the configuration retrained on train+val, its LR path replayed, to the best epoch;
     - ensemble (default): the checkpoint and REFITS refits (other seeds), probabilities averaged.
-    Returns (model, meta, recipe, refit histories)."""
+    HISTORY is the trial's reports (trial_history). Returns (model, meta, recipe, refit histories)."""
     from trainables import checkpoint
 
-    history = trial_history(best["trial_dir"])
     members, recipe, curves = [], [], {}
     if policy in ("checkpoint", "ensemble"):
         if not isinstance(best.get("checkpoint"), str) or not (Path(best["checkpoint"]) / checkpoint.META).is_file():
@@ -134,7 +134,8 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     started = time.time()
     print(f"final model for trial {best['trial_id']} ({policy}): "
           + " ".join(f"{k}={v}" for k, v in config.items() if k != "run"), flush=True)
-    model, meta, recipe, curves = final_model(best, config, policy, refits, epochs, out)
+    history = trial_history(best["trial_dir"])
+    model, meta, recipe, curves = final_model(best, config, history, policy, refits, epochs, out)
     checkpoint.save(model_dir, model, meta)
 
     run = config["run"]  # the test split: read here, once, after the model is fixed
@@ -154,7 +155,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
         "exported": str(model_dir / checkpoint.EXPORTED),
         "export_max_logit_diff": checkpoint.export(model, meta, model_dir, x[:32]),
         "onnx_max_logit_diff": checkpoint.export_onnx(model, meta, model_dir, x[:32]),
-        "refit_curves": curves, "trial_curve": trial_history(best["trial_dir"]).to_dict("records"),
+        "refit_curves": curves, "trial_curve": history.to_dict("records"),
         "retrain_seconds": round(time.time() - started, 1),
     }
     (out / TEST_FILE).write_text(json.dumps(report, indent=2, default=float))

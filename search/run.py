@@ -15,6 +15,7 @@ from pathlib import Path
 
 from search import space as space_mod
 from search import study as study_mod
+from search import tuner as tuner_mod
 from trainables import cache_budget, data
 from trainables.params import TrialParams
 
@@ -137,7 +138,6 @@ def start_ray(address: str | None, verbose: bool):
     import ray
 
     from search import ray_settings
-    from search.tuner import DRIVER_TOKEN
 
     if ray.is_initialized():
         return False
@@ -150,7 +150,7 @@ def start_ray(address: str | None, verbose: bool):
     if address:
         ctx = ray.init(address=address, **kwargs, **ray_settings.init_kwargs(local=False))
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
-        ctx = ray.init(resources={DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
+        ctx = ray.init(resources={tuner_mod.DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
                        **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))
     if ctx.dashboard_url:
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
@@ -256,7 +256,7 @@ def run_search(args, spec, name: str, index):
     context = trial_context(spec, info, exp_dir)
     warm_cache(spec, info, context["cache_dir"])
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{spec.search.num_samples} trials, up to {n} at a time, each {_demand(spec)}; "
+          f"{spec.search.num_samples} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
           f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
     print(f"results: {exp_dir}", flush=True)
@@ -275,21 +275,13 @@ def run_search(args, spec, name: str, index):
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
     if not interrupted:
         _close_study(args, exp_dir, info)
-    print_outcome(args, name, exp_dir, info, table, csv_path, elapsed, interrupted)
+    print_outcome(args, name, exp_dir, info, table, csv_path, elapsed, finished, interrupted)
     return table, interrupted
-
-
-def _demand(spec) -> dict:
-    from search import tuner as tuner_mod
-
-    return tuner_mod.trial_demand(spec)
 
 
 def _concurrency(args, spec, cluster: dict) -> int:
     """Trials at once; a cluster that can never hold one trial is an error (a local one) or a wait."""
-    from search import tuner as tuner_mod
-
-    short = {k: (v, cluster.get(k, 0)) for k, v in _demand(spec).items() if cluster.get(k, 0) < v}
+    short = {k: (v, cluster.get(k, 0)) for k, v in tuner_mod.trial_demand(spec).items() if cluster.get(k, 0) < v}
     if short:
         need = ", ".join(f"{v:g} {k} per trial but the cluster has {have:g}" for k, (v, have) in short.items())
         if not args.address:  # nothing will ever add resources to the local cluster
@@ -316,7 +308,6 @@ def trial_context(spec, info: dict, exp_dir: Path) -> dict:
 def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: dict, n: int):
     """A new Tuner (its searcher writing the live study, warm-started if asked), or the
     interrupted one restored."""
-    from search import tuner as tuner_mod
     from search.progress import ProgressPrinter
 
     if args.resume:
@@ -351,8 +342,9 @@ def _close_study(args, exp_dir: Path, info: dict) -> None:
 
 
 def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, elapsed: float,
-                  interrupted: bool) -> None:
-    """The end of a search: counts, the top of the leaderboard, failures, next commands."""
+                  finished: int, interrupted: bool) -> None:
+    """The end of a search: counts, the top of the leaderboard, failures, next commands, and for
+    an interrupted search the --resume command."""
     from analysis import results
 
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
@@ -368,7 +360,6 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
           f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}\n"
           f"        python -m analysis.report {exp_dir}")
     if interrupted:
-        finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
         print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
 
