@@ -92,3 +92,19 @@ def test_warm_start_from_a_search_with_another_objective_is_one_line(live_search
     assert r.stderr.strip().splitlines() == [
         f"error: --warm-start {first}: that search optimised val_acc (max), this one val_loss (min); its scores "
         "would mislead the sampler"]
+
+
+@pytest.mark.timeout(120)
+def test_study_storage_that_cannot_open_or_already_holds_the_study_is_one_line(tmp_path):
+    import optuna
+
+    bad = search_cli([SMOKE, "--storage", str(tmp_path), "--study-storage", "not-a-url"], timeout=100)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: --study-storage: cannot open it (ArgumentError: Could not parse SQLAlchemy URL from given URL string)"]
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name="smoke", storage=url)
+    taken = search_cli([SMOKE, "--storage", str(tmp_path), "--study-storage", url], timeout=100)
+    assert taken.returncode == 2
+    assert taken.stderr.strip().splitlines() == [
+        f"error: --study-storage {url}: a study named 'smoke' is already there; pick another --name"]
