@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis import results
+from search import results_folder
 
 
 def main(argv=None) -> int:
@@ -14,17 +14,17 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=10, help="rows to print (the CSV has every trial)")
     args = p.parse_args(argv)
     try:
-        info = results.read_search_info(args.results_dir)
-        table, _ = results.write_trials_csv(args.results_dir)
-    except results.ResultsError as e:
+        info = results_folder.read_search_info(args.results_dir)
+        table, _ = results_folder.write_trials_csv(args.results_dir)
+    except results_folder.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    board = results.leaderboard(table, info)
+    board = results_folder.leaderboard(table, info)
     out = Path(args.results_dir) / "leaderboard.csv"
     board.to_csv(out, index=False)
     counts = ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()) if not table.empty else "none"
     print(f"{info['name']}: {len(table)} trials ({counts}); objective {info['metric']} ({info['mode']})")
-    print(results.format_board(board, info, top=args.top))
+    print(results_folder.format_board(board, info, top=args.top))
     print(f"\nleaderboard: {out}")
     return 0
 

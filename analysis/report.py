@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import results
+from search import results_folder
+from trainables.context import TrialContext
 
 MAX_CURVES = 5  # top trials drawn in the learning-curve plot
 WRONG_SHOWN = 12  # misclassified validation images shown
@@ -53,14 +54,21 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def importances(table: pd.DataFrame, info: dict) -> dict[str, float]:
-    """PED-ANOVA importances (no scikit-learn needed) on an Optuna study rebuilt from the trials.
+def importances(table: pd.DataFrame, info: dict) -> dict[str, float] | None:
+    """PED-ANOVA importances (no scikit-learn needed) on an Optuna study rebuilt from the trials,
+    each knob with the distribution the search sampled it from (search.json); None when
+    search.json does not record them (an older results folder).
 
-    A knob a `when:` left out of some trials gets an explicit 'n/a' value there, so conditional
-    knobs (pretrained, unfreeze, ...) are ranked too instead of silently dropped."""
+    A knob a `when:` left out of some trials gets an explicit 'n/a' value there (as a category),
+    so conditional knobs (pretrained, unfreeze, ...) are ranked too instead of silently dropped."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.distributions import CategoricalDistribution, IntDistribution
 
+    from search.study import fits
+
+    searched = results_folder.knob_distributions(info)
+    if searched is None:
+        return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     col = f"best_{info['metric']}"
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
@@ -69,15 +77,17 @@ def importances(table: pd.DataFrame, info: dict) -> dict[str, float]:
         return {}
     dists, values = {}, {}
     for k in knobs:
-        col_values = done[k]
-        numeric = pd.api.types.is_numeric_dtype(col_values) and col_values.notna().all() and col_values.nunique() > 4
-        if numeric:
-            dists[k] = FloatDistribution(float(col_values.min()), float(col_values.max()) + 1e-12)
-            values[k] = col_values.astype(float).tolist()
-        else:
-            shown = [("n/a" if (isinstance(v, float) and math.isnan(v)) else _fmt(v)) for v in col_values]
-            dists[k] = CategoricalDistribution(sorted(set(shown)))
-            values[k] = shown
+        col_values, d = done[k], searched.get(k)
+        if d is not None and not isinstance(d, CategoricalDistribution) and col_values.notna().all():
+            cast = int if isinstance(d, IntDistribution) else float
+            numbers = [cast(v) for v in col_values]
+            if all(fits(d, v) for v in numbers):
+                dists[k], values[k] = d, numbers
+                continue
+        shown = [("n/a" if (isinstance(v, float) and math.isnan(v)) else _fmt(v)) for v in col_values]
+        choices = [_fmt(c) for c in d.choices] if isinstance(d, CategoricalDistribution) else []
+        dists[k] = CategoricalDistribution(list(dict.fromkeys(choices + sorted(set(shown)))))
+        values[k] = shown
     study = optuna.create_study(direction="maximize" if info["mode"] == "max" else "minimize")
     for i, value in enumerate(done[col].tolist()):
         study.add_trial(optuna.trial.create_trial(params={k: values[k][i] for k in knobs}, distributions=dists,
@@ -178,16 +188,22 @@ def _asha_plot(table: pd.DataFrame, hist: dict, info: dict, rungs: list[int]) ->
     for r in rungs:
         ax.axvline(r, color="grey", linestyle=":", linewidth=1)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("epoch (dotted: ASHA rungs; x: stopped there)")
+    ax.set_xlabel(f"epoch ({'dotted: ASHA rungs; ' if rungs else ''}x: stopped there)")
     ax.set_ylabel(info["metric"])
     ax.set_title("every trial; green completed, orange stopped by ASHA, red failed")
     return _png(fig)
 
 
+def _log_knobs(info: dict) -> set[str]:
+    """The knobs the search sampled on a log scale (none known when search.json does not record
+    the distributions)."""
+    return {k for k, d in (results_folder.knob_distributions(info) or {}).items() if getattr(d, "log", False)}
+
+
 def _scatter_plots(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
     import matplotlib.pyplot as plt
 
-    col = f"best_{info['metric']}"
+    col, log_knobs = f"best_{info['metric']}", _log_knobs(info)
     knobs = [k for k in knobs if k in table][:4]
     if not knobs or col not in table:
         return ""
@@ -196,7 +212,7 @@ def _scatter_plots(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
         sub = table[table[k].notna() & table[col].notna()]
         x = sub[k] if pd.api.types.is_numeric_dtype(sub[k]) else sub[k].astype(str)
         ax.scatter(x, sub[col], alpha=0.8)
-        if k in ("lr", "weight_decay"):
+        if k in log_knobs:
             ax.set_xscale("log")
         ax.set_xlabel(k)
         ax.set_ylabel(info["metric"])
@@ -209,7 +225,7 @@ def _parallel_plot(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
     coloured by the objective: where good trials pass, the knob matters."""
     import matplotlib.pyplot as plt
 
-    col = f"best_{info['metric']}"
+    col, log_knobs = f"best_{info['metric']}", _log_knobs(info)
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
     knobs = [k for k in knobs if k in done]
     if len(knobs) < 2 or done.empty:
@@ -220,9 +236,14 @@ def _parallel_plot(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
         v = done[k]
         if pd.api.types.is_numeric_dtype(v) and v.nunique() > 4:
             lo, hi = v.min(), v.max()
-            logv = k in ("lr", "weight_decay") and lo > 0
-            f = (lambda x, lo=lo, hi=hi, logv=logv: float("nan") if pd.isna(x) else
-                 ((math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo) or 1) if logv else (x - lo) / ((hi - lo) or 1)))
+            logv = k in log_knobs and lo > 0
+
+            def f(x, lo=lo, hi=hi, logv=logv):
+                if pd.isna(x):
+                    return float("nan")
+                if logv:
+                    return (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo) or 1)
+                return (x - lo) / ((hi - lo) or 1)
             axes_values.append(v.map(f))
         else:
             names = sorted({_fmt(x) for x in v if pd.notna(x)})
@@ -277,8 +298,10 @@ def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
     from trainables.train_loop import evaluate
 
     model, meta = checkpoint.load(best["checkpoint"])
-    items = data.read_split(info["split_file"], ("val",))
-    x, y = data.load_images(info["data_root"], items, meta["class_names"], meta["image_size"])
+    context = TrialContext.load(results_dir)  # the search's own image cache, not a second one
+    items = data.read_split(context.split_file, ("val",))
+    x, y = data.load_images(context.data_root, items, meta["class_names"], meta["image_size"],
+                            cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     out = evaluate(model, meta, x, y, with_confusion=True, with_probs=True)
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
     conf, pred = out.pop("probs").max(1)
@@ -307,18 +330,21 @@ def _wrong_grid(wrong: list) -> str:
     return _png(fig)
 
 
-def _gpu_hours(spec, trial_seconds: float) -> str:
-    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker if spec else 0
+def _gpu_hours(info: dict, trial_seconds: float) -> str:
+    gpus = info.get("gpus_per_trial") or 0  # unknown (none shown) when search.json does not record it
     return f", {gpus * trial_seconds / 3600:.2f} GPU-hours" if gpus else ""
 
 
-def asha_rungs(info: dict, spec) -> list[int]:
-    s = spec.search.scheduler if spec else None
-    grace, rf, max_t = (s.grace_period, s.reduction_factor, info["max_epochs"]) if s else (1, 3, info["max_epochs"])
-    rungs, r = [], grace
-    while r < max_t:
+def asha_rungs(info: dict) -> list[int]:
+    """The epochs where ASHA decided, from the settings search.json records (none known when it
+    does not record them)."""
+    s = info.get("scheduler")
+    if not s:
+        return []
+    rungs, r = [], s["grace_period"]
+    while r < s["max_t"]:
         rungs.append(int(r))
-        r *= rf
+        r *= s["reduction_factor"]
     return rungs
 
 
@@ -333,7 +359,7 @@ def _section(sid: str, title: str, *body: str) -> str:
 
 
 def _summary_section(r: dict) -> str:
-    info, table, data_summary, spec = r["info"], r["table"], r["data"], r["spec"]
+    info, table, data_summary = r["info"], r["table"], r["data"]
     counts, classes = data_summary["counts"], data_summary["classes"]
     epochs_run = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
     full = len(table) * info["max_epochs"]
@@ -346,9 +372,10 @@ def _summary_section(r: dict) -> str:
         f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
         f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
         f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
-        f"{wall / 60:.1f} min{_gpu_hours(spec, wall)}. Trials ASHA stopped were told to Optuna as pruned, "
+        f"{wall / 60:.1f} min{_gpu_hours(info, wall)}. Trials ASHA stopped were told to Optuna as pruned, "
         "with every epoch they ran.</p>",
-        f"<details><summary>search space</summary><pre>{html.escape(r['space_text'])}</pre></details>")
+        f"<details><summary>the space searched (space.yaml)</summary>"
+        f"<pre>{html.escape(r['space_text'])}</pre></details>")
 
 
 def _leaderboard_section(r: dict) -> str:
@@ -359,16 +386,19 @@ def _leaderboard_section(r: dict) -> str:
 
 def _curves_section(r: dict) -> str:
     return _section("curves", "Learning curves and ASHA", _curves_plot(r["board"], r["hist"], r["info"]),
-                    _asha_plot(r["table"], r["hist"], r["info"], asha_rungs(r["info"], r["spec"])))
+                    _asha_plot(r["table"], r["hist"], r["info"], asha_rungs(r["info"])))
 
 
 def _knobs_section(r: dict) -> str:
     table, info, col = r["table"], r["info"], r["col"]
-    eff = effects(table, info, importances(table, info))
+    importance = importances(table, info)
+    eff = effects(table, info, importance or {})
+    how = (f"Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
+           "trials with a result (rough with few trials)" if importance is not None else
+           "No importances: this folder's search.json predates the knobs' distributions they need")
     return _section(
         "knobs", "Which knobs mattered",
-        f"<p>Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
-        "trials with a result (rough with few trials); effect: how the objective moves with the knob.</p>",
+        f"<p>{how}; effect: how the objective moves with the knob.</p>",
         _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
         _parallel_plot(table, info, info["knobs"]),
         _scatter_plots(table, info, list(eff["knob"]) if not eff.empty else []))
@@ -412,17 +442,11 @@ def _test_section(r: dict) -> str:
 
 def _read(results_dir: Path) -> dict:
     """Everything the sections draw from, read once from the results folder's plain files."""
-    from search import space as space_mod
-
-    info = results.read_search_info(results_dir)
-    table = results.trials_table(results_dir)
-    try:
-        spec = space_mod.load(results_dir / "space.yaml")
-    except space_mod.SpaceError:
-        spec = None
-    return {"dir": results_dir, "info": info, "table": table, "board": results.leaderboard(table, info),
+    info = results_folder.read_search_info(results_dir)
+    table = results_folder.trials_table(results_dir)
+    return {"dir": results_dir, "info": info, "table": table, "board": results_folder.leaderboard(table, info),
             "hist": histories(results_dir), "data": json.loads((results_dir / "data.json").read_text()),
-            "space_text": (results_dir / "space.yaml").read_text(), "spec": spec, "col": f"best_{info['metric']}"}
+            "space_text": (results_dir / "space.yaml").read_text(), "col": f"best_{info['metric']}"}
 
 
 def build(results_dir: str | Path) -> Path:
@@ -448,7 +472,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         out = build(args.results_dir)
-    except results.ResultsError as e:
+    except results_folder.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {out}")

@@ -4,8 +4,8 @@ The search chose the configuration on the validation split. By default the final
 the best trial's own best checkpoint with four refits of its configuration on train+val (other
 seeds, the trial's LR path replayed up to its best epoch): one refit alone is a lottery on
 small data, and averaging with the checkpoint keeps the final model from being worse than
-what the search already had (bench/final_model.py measures it: with two refits one seed in
-five lost 1.5 points to the checkpoint, with four none did). `--final checkpoint` or
+what the search already had; four refits, because with two it can still fall below the
+checkpoint (bench/final_model.py; figures in bench/README.md). `--final checkpoint` or
 `--final refit` picks one of them instead. The policy is fixed before the test split, which no
 trial ever loaded, is evaluated exactly once. A second call prints the stored result instead of
 testing again (`--again` overrides, knowingly).
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import results
+from search import results_folder
+from trainables.context import TrialContext
 
 TEST_FILE = "test_metrics.json"
 
@@ -28,9 +29,9 @@ TEST_FILE = "test_metrics.json"
 RESEED = 1000  # --top k reruns each candidate with seed + RESEED: a second, independent draw
 
 
-def pick_best(board: pd.DataFrame, info: dict) -> pd.Series:
+def pick_best(board: pd.DataFrame, info: dict, context) -> pd.Series:
     """The best of the leaderboard's trials `board`, judged on two draws: the search's own score and
-    a rerun on train with another seed, both on val. One lucky run no longer decides alone."""
+    a rerun on train with another seed, both on val, so that one lucky run does not decide alone."""
     from trainables.sessions import LocalSession
     from trainables.train_loop import fit
 
@@ -42,7 +43,7 @@ def pick_best(board: pd.DataFrame, info: dict) -> pd.Series:
         config = json.loads((Path(t["trial_dir"]) / "params.json").read_text())
         config.update(epochs=int(t["best_epoch"]), seed=int(config.get("seed", 0)) + RESEED)
         session = LocalSession()
-        fit(config, session)
+        fit(config, context, session)
         rerun = session.history[-1][info["metric"]]
         scores.append((t[col] + rerun) / 2)
         print(f"candidate {t['trial_id']}: {info['metric']} {t[col]:.4f} in the search, {rerun:.4f} rerun, "
@@ -62,42 +63,44 @@ def trial_history(trial_dir: str | Path) -> pd.DataFrame:
     return h.drop_duplicates("epoch", keep="last").sort_values("epoch") if "epoch" in h else h
 
 
-def refit_config(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int) -> dict:
+def refit_config(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int) -> tuple[dict, list | None]:
     """The trial's configuration, refit: the same planned epochs (so cosine and the unfreezing
-    run as they did), stopped after EPOCHS, with the trial's LR replayed epoch by epoch."""
+    run as they did), another seed; and the trial's LRs of epochs 1 to EPOCHS, to replay."""
     by_epoch = dict(zip(history["epoch"], history["lr"])) if {"epoch", "lr"} <= set(history) else {}
     lrs = [float(by_epoch[e]) if e in by_epoch else None for e in range(1, epochs + 1)]  # None: the schedule's own
-    run = {**config["run"], "stop_after_epoch": epochs, "lr_path": lrs if by_epoch else None}
     planned = max(int(config["epochs"]), epochs)  # --epochs beyond the trial's plan extends it
-    return {**config, "epochs": planned, "seed": int(config.get("seed", 0)) + seed_offset, "run": run}
+    return {**config, "epochs": planned, "seed": int(config.get("seed", 0)) + seed_offset}, (lrs if by_epoch else None)
 
 
-def refit(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int, model_dir: Path) -> list[dict]:
-    """Train the refit on train+val into MODEL_DIR; return its per-epoch training reports."""
+def refit(config: dict, context, history: pd.DataFrame, epochs: int, seed_offset: int,
+          model_dir: Path) -> list[dict]:
+    """Train the refit on train+val into MODEL_DIR, stopped after EPOCHS; return its per-epoch reports."""
     from trainables import checkpoint
     from trainables.sessions import LocalSession
     from trainables.train_loop import fit
 
     session = LocalSession(checkpoint_dir=model_dir)
-    fit(refit_config(config, history, epochs, seed_offset), session, train_splits=("train", "val"), val_split=None)
+    refit_params, lr_path = refit_config(config, history, epochs, seed_offset)
+    fit(refit_params, context, session, train_splits=("train", "val"), val_split=None, stop_after_epoch=epochs,
+        lr_path=lr_path)
     (model_dir / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
     return session.history
 
 
-def final_model(best: pd.Series, config: dict, history: pd.DataFrame, policy: str, refits: int, epochs: int,
+def final_model(best: pd.Series, config: dict, context, history: pd.DataFrame, policy: str, refits: int, epochs: int,
                 out: Path):
     """The model analysis.retrain hands back, made by POLICY (fixed before the test split is read):
     - checkpoint: the best trial's own best checkpoint (trained on train, chosen on val);
     - refit: the configuration retrained on train+val, its LR path replayed, to the best epoch;
     - ensemble (default): the checkpoint and REFITS refits (other seeds), probabilities averaged.
     HISTORY is the trial's reports (trial_history). Returns (model, meta, recipe, refit histories)."""
-    from trainables import checkpoint
+    from trainables import checkpoint, inference
 
     members, recipe, curves = [], [], {}
     if policy in ("checkpoint", "ensemble"):
         if not isinstance(best.get("checkpoint"), str) or not (Path(best["checkpoint"]) / checkpoint.META).is_file():
-            raise results.ResultsError(f"trial {best['trial_id']}: its best checkpoint ({best.get('checkpoint')}) "
-                                       "is not there; use --final refit")
+            raise results_folder.ResultsError(f"trial {best['trial_id']}: its best checkpoint "
+                                              f"({best.get('checkpoint')}) is not there; use --final refit")
         model, meta = checkpoint.load(best["checkpoint"])
         members.append(model)
         recipe.append({"made_by": "the search", "trial_id": best["trial_id"], "epoch": int(meta.get("epoch", 0)),
@@ -106,12 +109,13 @@ def final_model(best: pd.Series, config: dict, history: pd.DataFrame, policy: st
         offset = RESEED + k
         print(f"refit {k + 1}: train+val, seed +{offset}, {epochs} epoch(s) of {config['epochs']} planned, the "
               "trial's LR path replayed", flush=True)
-        curves[f"refit seed+{offset}"] = refit(config, history, epochs, offset, out / "refits" / str(k))
+        curves[f"refit seed+{offset}"] = refit(config, context, history, epochs, offset,
+                                                     out / "refits" / str(k))
         model, meta = checkpoint.load(out / "refits" / str(k))
         members.append(model)
         recipe.append({"made_by": "refit", "seed_offset": offset, "epochs": epochs, "trained_on": "train+val"})
     if len(members) > 1:
-        model, meta = checkpoint.Ensemble(members).eval(), {**meta, "ensemble": len(members)}
+        model, meta = inference.Ensemble(members).eval(), {**meta, "ensemble": len(members)}
     meta = {**meta, "final": {"policy": policy, "members": recipe}}
     return model, meta, recipe, curves
 
@@ -120,41 +124,42 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
             top: int = 1, policy: str = "ensemble", refits: int = 4) -> dict:
     import torch
 
-    from trainables import checkpoint, data, metrics
+    from trainables import checkpoint, data, export, metrics
     from trainables.train_loop import evaluate
 
     results_dir = Path(results_dir).resolve()
-    info = results.read_search_info(results_dir)
+    info = results_folder.read_search_info(results_dir)
     metric = info["metric"]
-    best = pick_best(results.ranked_with_results(results_dir, info).head(top), info)
+    context = TrialContext.load(results_dir)
+    best = pick_best(results_folder.ranked_with_results(results_dir, info).head(top), info, context)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     epochs = int(epochs or best["best_epoch"])
     out = Path(out) if out else results_dir / "retrained"
     model_dir = out / "model"
     started = time.time()
     print(f"final model for trial {best['trial_id']} ({policy}): "
-          + " ".join(f"{k}={v}" for k, v in config.items() if k != "run"), flush=True)
+          + " ".join(f"{k}={v}" for k, v in config.items()), flush=True)
     history = trial_history(best["trial_dir"])
-    model, meta, recipe, curves = final_model(best, config, history, policy, refits, epochs, out)
+    model, meta, recipe, curves = final_model(best, config, context, history, policy, refits, epochs, out)
     checkpoint.save(model_dir, model, meta)
 
-    run = config["run"]  # the test split: read here, once, after the model is fixed
-    test_items = data.read_split(run["split_file"], ("test",))
-    x, y = data.load_images(run["data_root"], test_items, meta["class_names"], meta["image_size"],
-                            cache_dir=run.get("cache_dir"), cache_max_gb=run.get("cache_max_gb"))
+    # the test split: read here, once, after the model is fixed
+    test_items = data.read_split(context.split_file, ("test",))
+    x, y = data.load_images(context.data_root, test_items, meta["class_names"], meta["image_size"],
+                            cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
     confusion = torch.tensor(test["confusion"])
     low, high = metrics.wilson_interval(int(confusion.diag().sum()), len(test_items))
     report = {
-        "trial_id": best["trial_id"], "config": {k: v for k, v in config.items() if k != "run"},
+        "trial_id": best["trial_id"], "config": config,
         "final_policy": policy, "final_members": recipe,
         f"search_best_{metric}": float(best[f"best_{metric}"]),
         "test_images": len(test_items), **test, "test_acc_ci95": [low, high],
         "test_per_class": metrics.per_class(confusion, meta["class_names"]),
         "model_dir": str(model_dir),
         "exported": str(model_dir / checkpoint.EXPORTED),
-        "export_max_logit_diff": checkpoint.export(model, meta, model_dir, x[:32]),
-        "onnx_max_logit_diff": checkpoint.export_onnx(model, meta, model_dir, x[:32]),
+        "export_max_logit_diff": export.export(model, meta, model_dir, x[:32]),
+        "onnx_max_logit_diff": export.export_onnx(model, meta, model_dir, x[:32]),
         "refit_curves": curves, "trial_curve": history.to_dict("records"),
         "retrain_seconds": round(time.time() - started, 1),
     }
@@ -178,17 +183,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.results_dir) / "retrained"
     try:
-        results.read_search_info(args.results_dir)
+        results_folder.read_search_info(args.results_dir)
         if (out / TEST_FILE).exists() and not args.again:
             report = json.loads((out / TEST_FILE).read_text())
             print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
         else:
             report = retrain(args.results_dir, args.epochs, out, args.top, args.final, args.refits)
-    except results.ResultsError as e:
+    except results_folder.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     low, high = report["test_acc_ci95"]
-    print(f"test accuracy {report['test_acc']:.4f} (95% CI {low:.3f}-{high:.3f}) on {report['test_images']} held-out images "
+    print(f"test accuracy {report['test_acc']:.4f} (95% CI {low:.3f}-{high:.3f}) "
+          f"on {report['test_images']} held-out images "
           f"(macro F1 {report['test_macro_f1']:.4f}, worst-class recall {report['test_min_recall']:.4f})")
     made = "; ".join(f"{m['made_by']} on {m['trained_on']}" for m in report.get("final_members", []))
     print(f"model: {report['model_dir']} ({report.get('final_policy', 'refit')}: {made})\nresult: {out / TEST_FILE}")

@@ -69,7 +69,7 @@ def cached_epoch(batches) -> float:
 
 def _normalise(xb: torch.Tensor) -> torch.Tensor:
     """The train loop's own normalisation, the same on both sides."""
-    from trainables.checkpoint import normalize
+    from trainables.preprocess import normalize
 
     return normalize(xb, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
 

@@ -29,7 +29,6 @@ Last line: `overhead_s_per_trial=<actor runtime, seconds per trial, one at a tim
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -65,22 +64,14 @@ def work(config: dict, report) -> None:
                lambda d: torch.save(model.state_dict(), Path(d) / "model.pt"))
 
 
-def ray_loop(config: dict) -> None:
-    """Runs in the Train worker: reports go through ray.train.report with a checkpoint."""
-    import ray.train
+def ray_loop(loop_config: dict) -> None:
+    """Runs in the Train worker: reports as a search's trial does (`RayTrainSession`)."""
+    from trainables.sessions import RayTrainSession
 
-    def report(row, save):
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = None
-            if ray.train.get_context().get_world_rank() == 0:
-                save(Path(tmp))
-                ck = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(row, checkpoint=ck)
-
-    work(config, report)
+    work(loop_config["config"], RayTrainSession().report)
 
 
-def bench_trial(config: dict) -> None:
+def bench_trial(config: dict, context) -> None:
     """The Tune trial, in the runtime `config['runtime']` names, with the trivial loop."""
     from trainables import driver
 
@@ -90,7 +81,7 @@ def bench_trial(config: dict) -> None:
         driver.release_memory()
         work(config, TuneSession().report)
     else:
-        driver.fit_trainer(ray_loop, config)
+        driver.fit_trainer(config, context, loop=ray_loop)
 
 
 def in_process(n: int, storage: Path) -> float:
@@ -113,28 +104,28 @@ def in_process(n: int, storage: Path) -> float:
 
 
 def start_ray() -> float:
-    """A local cluster as search.run.start_ray makes it, with search.ray_settings."""
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from search import ray_settings
-
-    ray_settings.apply_env()
-    import ray
-
-    from search.tuner import DRIVER_TOKEN
+    """The local cluster of a search (`search.run.start_ray`); seconds it took."""
+    from search.run import start_ray as start
 
     t = time.perf_counter()
-    ray.init(num_cpus=2, resources={DRIVER_TOKEN: 8}, dashboard_host="127.0.0.1", log_to_driver=False,
-             configure_logging=True, logging_level="WARNING", **ray_settings.init_kwargs())
+    start(None, verbose=False)
     return time.perf_counter() - t
+
+
+def context(storage: Path, tag: str):
+    """The TrialContext of a search with one-CPU trials (the data fields are not read here)."""
+    import dataclasses
+
+    from search import run, space
+
+    spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": 1}})
+    return dataclasses.replace(run.trial_context(spec, storage, ["a", "b"], storage / "split.csv", storage / tag),
+                               train_storage=str(storage / f"{tag}_train_runs"))
 
 
 def tune_run(n: int, concurrent: int, storage: Path, tag: str, runtime: str, ends: list | None = None) -> float:
     """Wall time of Tuner.fit for n trials in `runtime`, `concurrent` at a time; each trial's end
     (seconds since the start of Tuner.fit) is appended to `ends` when given."""
-    import logging
-
     from ray import tune
 
     from search.tuner import DRIVER_TOKEN, trial_dirname
@@ -144,13 +135,11 @@ def tune_run(n: int, concurrent: int, storage: Path, tag: str, runtime: str, end
             if ends is not None:
                 ends.append(time.perf_counter() - t)
 
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    run = {"train_storage": str(storage / f"{tag}_train_runs"), "metric": "val_acc", "mode": "max",
-           "keep_checkpoints": 2, "max_failures": 0, "workers_per_trial": 1, "cpus_per_worker": 1}
     actor = runtime == "actor"
     tuner = tune.Tuner(
-        tune.with_resources(bench_trial, {"CPU": 1} if actor else {DRIVER_TOKEN: 1}),
-        param_space={"seed": tune.grid_search(list(range(n))), "run": run, "runtime": runtime},
+        tune.with_resources(tune.with_parameters(bench_trial, context=context(storage, tag)),
+                            {"CPU": 1} if actor else {DRIVER_TOKEN: 1}),
+        param_space={"seed": tune.grid_search(list(range(n))), "runtime": runtime},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
                                     reuse_actors=actor),
         run_config=tune.RunConfig(name=tag, storage_path=str(storage), verbose=0, callbacks=[TrialEnds()],
@@ -179,7 +168,8 @@ def growth(ns: list[int], wall: float, ends: list[float], local: float) -> list[
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 trials per runtime, one at a time (a check that it works)")
-    p.add_argument("--trials", default="4,8,16,32", help="N values; the largest is the one-at-a-time run (default 4,8,16,32)")
+    p.add_argument("--trials", default="4,8,16,32",
+                   help="N values; the largest is the one-at-a-time run (default 4,8,16,32)")
     p.add_argument("--concurrent-trials", type=int, default=0, help="trials of a 2-at-a-time run per runtime (0: none)")
     p.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"which to measure (default: {','.join(RUNTIMES)})")
     args = p.parse_args(argv)
@@ -205,7 +195,8 @@ def main(argv=None) -> int:
                 wall = tune_run(n, conc, storage, f"{runtime}_c{conc}", runtime, ends=ends)
                 print(f"{runtime}: {n} trials, {conc} at a time: Tuner.fit {wall:.1f} s", flush=True)
                 table += [(runtime, conc, *row) for row in growth(sizes, wall, ends, local)]
-        print("\n runtime   | at a time |  N | elapsed s | overhead s/trial, first N | marginal s/trial since previous N")
+        print("\n runtime   | at a time |  N | elapsed s | overhead s/trial, first N "
+              "| marginal s/trial since previous N")
         for runtime, conc, n, t, ovh, marg in table:
             print(f" {runtime:<9} | {conc:9d} | {n:2d} | {t:9.1f} | {ovh:25.2f} | {marg:33.2f}")
     finally:

@@ -31,29 +31,30 @@ sys.path.insert(0, str(REPO))
 GOAL = 0.9
 
 
-def prepare_run(tmp: Path, per_class: int | None, cpus: float, gpus: float) -> dict:
+def prepare_context(tmp: Path, per_class: int | None, cpus: float, gpus: float):
+    """The TrialContext of a search of the embedded images with these resources per trial."""
+    from search import run, space
     from trainables import data
 
     index = data.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
     data.save_split(index, tmp / "split.csv")
-    return {"data_root": str(index.root), "split_file": str(tmp / "split.csv"), "class_names": index.classes,
-            "metric": "val_acc", "mode": "max", "cpus_per_worker": cpus, "gpus_per_worker": gpus,
-            "cache_dir": str(data.default_cache_dir())}
+    spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": cpus, "gpus_per_worker": gpus}})
+    return run.trial_context(spec, index.root, index.classes, tmp / "split.csv", tmp)
 
 
-def bare_loop(config: dict, device) -> float:
+def bare_loop(config: dict, context, device) -> float:
     """The same work with nothing around it: images/s of the last epoch."""
     import torch
     import torch.nn.functional as F
 
-    from trainables import checkpoint, data, models, schedule
+    from trainables import data, models, precision, preprocess
     from trainables.params import TrialParams
 
-    run, p = config["run"], TrialParams.model_validate({k: v for k, v in config.items() if k != "run"})
-    items = data.read_split(run["split_file"], ("train",))
-    x, y = data.load_images(run["data_root"], items, run["class_names"], p.image_size, run["cache_dir"])
-    meta = models.preprocessing(p.model_dump())
-    model = models.build(p.model_dump(), len(run["class_names"])).to(device)
+    p = TrialParams.model_validate(config)
+    items = data.read_split(context.split_file, ("train",))
+    x, y = data.load_images(context.data_root, items, list(context.class_names), p.image_size, context.cache_dir)
+    meta = preprocess.resolve(p.model_dump())
+    model = models.build(p.model_dump(), len(context.class_names)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p.lr)
@@ -62,10 +63,10 @@ def bare_loop(config: dict, device) -> float:
     for _ in range(p.epochs):
         started, seen = time.perf_counter(), 0
         for idx in torch.randperm(len(y)).split(p.batch_size):
-            xb = checkpoint.normalize(x[idx].to(device, non_blocking=True), meta)
+            xb = preprocess.normalize(x[idx].to(device, non_blocking=True), meta)
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with schedule.autocast(device, True):
+            with precision.autocast(device, True):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), y[idx].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
@@ -78,7 +79,7 @@ def bare_loop(config: dict, device) -> float:
     return rate
 
 
-def ray_loop(config: dict, storage: Path) -> float:
+def ray_loop(config: dict, context, storage: Path) -> float:
     """The search's own trial loop in one Ray Train worker: its reported images/s of the last epoch."""
     import ray
     import ray.train
@@ -86,11 +87,11 @@ def ray_loop(config: dict, storage: Path) -> float:
 
     from trainables.train_loop import train_loop_per_worker
 
-    run = config["run"]
-    per_worker = {"CPU": run["cpus_per_worker"], **({"GPU": run["gpus_per_worker"]} if run["gpus_per_worker"] else {})}
+    r = context.resources
+    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
     result = TorchTrainer(
-        train_loop_per_worker, train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=bool(run["gpus_per_worker"]),
+        train_loop_per_worker, train_loop_config={"config": config, "context": context},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=bool(r.gpus_per_worker),
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(name="throughput", storage_path=str(storage),
                                        logging_config=ray.train.LoggingConfig(log_level="WARNING")),
@@ -123,12 +124,12 @@ def main(argv=None) -> int:
         knobs.update(model="cnn", pretrained=False, image_size=32, epochs=2)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("HPO_CACHE_DIR", str(Path(tmp) / "cache"))
-        config = {**knobs, "run": prepare_run(Path(tmp), 30 if args.quick else args.per_class, cpus, 1 if gpu else 0)}
+        context = prepare_context(Path(tmp), 30 if args.quick else args.per_class, cpus, 1 if gpu else 0)
         torch.set_num_threads(int(cpus))
         print(f"{knobs['model']} at {knobs['image_size']} px, batch {knobs['batch_size']}, on "
               f"{torch.cuda.get_device_name() if gpu else f'CPU with {int(cpus)} torch threads'}"
               f"{' (bf16 autocast, channels_last)' if gpu else ''}; images/s of epoch {knobs['epochs']}", flush=True)
-        bare = bare_loop(config, device)
+        bare = bare_loop(knobs, context, device)
         print(f"bare PyTorch loop, this process: {bare:,.1f} images/s", flush=True)
         if gpu:
             torch.cuda.empty_cache()
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
         start_ray(None, verbose=False)
         try:
-            inside = ray_loop(config, Path(tmp) / "ray")
+            inside = ray_loop(knobs, context, Path(tmp) / "ray")
         finally:
             import ray
 

@@ -10,11 +10,38 @@ from __future__ import annotations
 from typing import Any
 
 
+def distribution(knob: dict):
+    """The Optuna distribution a searched knob (Knob.model_dump()) samples; None for a constant.
+    The one place a knob's range becomes a distribution: the sampler, the warm start and
+    search.json (what analysis reads) all use it."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    kind = knob["kind"]
+    if kind == "choice":
+        return CategoricalDistribution(knob["choices"])
+    if kind == "int":
+        return IntDistribution(int(knob["low"]), int(knob["high"]), log=knob["log"], step=int(knob["step"] or 1))
+    if kind == "float":
+        return FloatDistribution(knob["low"], knob["high"], log=knob["log"], step=knob["step"])
+    return None
+
+
+def suggest(trial, name: str, dist) -> Any:
+    """Ask TRIAL for NAME from DIST through Optuna's public suggest_* calls."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
 class YamlSpace:
-    def __init__(self, knobs: dict[str, dict], context: dict[str, Any]):
-        """`knobs`: name → Knob.model_dump(), in file order; `context`: returned as config['run']."""
+    def __init__(self, knobs: dict[str, dict]):
+        """`knobs`: name → Knob.model_dump(), in file order."""
         self.knobs = knobs
-        self.context = context
+        self.dists = {name: distribution(k) for name, k in knobs.items()}
 
     def applies(self, knob: dict, values: dict) -> bool:
         return all(values.get(dep) in allowed for dep, allowed in knob["when"].items())
@@ -25,14 +52,8 @@ class YamlSpace:
         for name, k in self.knobs.items():
             if not self.applies(k, values):
                 continue
-            kind = k["kind"]
-            if kind == "const":
+            if self.dists[name] is None:
                 values[name] = constants[name] = k["value"]
-            elif kind == "choice":
-                values[name] = trial.suggest_categorical(name, k["choices"])
-            elif kind == "int":
-                values[name] = trial.suggest_int(name, int(k["low"]), int(k["high"]), step=int(k["step"] or 1),
-                                                 log=k["log"])
             else:
-                values[name] = trial.suggest_float(name, k["low"], k["high"], step=k["step"], log=k["log"])
-        return {**constants, "run": self.context}
+                values[name] = suggest(trial, name, self.dists[name])
+        return constants  # Tune's config holds the sampled values, Optuna's own, and these

@@ -10,11 +10,13 @@ import time
 
 from ray.tune import Callback
 
+from search.results_folder import classify_error_file
+
 SHOWN_KNOBS_LIMIT = 8
 
 
 def knobs_of(config: dict) -> str:
-    items = [(k, v) for k, v in config.items() if k != "run"][:SHOWN_KNOBS_LIMIT]
+    items = list(config.items())[:SHOWN_KNOBS_LIMIT]
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
 
 
@@ -26,7 +28,8 @@ class ProgressPrinter(Callback):
         self.done = 0
 
     def _say(self, text: str) -> None:
-        print(f"[{time.time() - self.start:6.0f}s] {text}", file=sys.stdout, flush=True)  # looked up each time: Tune pickles callbacks
+        # sys.stdout is looked up on each call, not bound once, because Tune pickles callbacks
+        print(f"[{time.time() - self.start:6.0f}s] {text}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")
@@ -44,8 +47,6 @@ class ProgressPrinter(Callback):
         self._say(f"trial {trial.trial_id} {how} ({self.done}/{self.num_samples} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from analysis.results import classify_error_file
-
         self.done += 1
         status, reason = classify_error_file(trial.error_file, trial.config)
         self._say(f"trial {trial.trial_id} {'DIVERGED' if status == 'diverged' else 'FAILED'}: {reason} "

@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from search import results_folder
 from search import space as space_mod
 from search import study as study_mod
 from search import tuner as tuner_mod
-from trainables import cache_budget, data
+from trainables import cache_budget, data, ray_internals
+from trainables.context import TrialContext
 from trainables.params import TrialParams
 
 EXIT_BAD_INPUT = 2
@@ -27,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", help="YAML search space, e.g. spaces/finetune.yaml")
     p.add_argument("--data", help="image folder (class subfolders, or train/ val/ test/) instead of data.source")
-    p.add_argument("--storage", default="results", help="folder for results (default: results/); on a cluster, one every node mounts")
+    p.add_argument("--storage", default="results",
+                   help="folder for results (default: results/); on a cluster, one every node mounts")
     p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
@@ -43,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "this space lacks, or whose value is out of its range, are dropped)")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
                    "(e.g. sqlite:///mlflow.db; needs `pip install mlflow`)")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved space and data; start no Ray")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the resolved space and data; start no Ray")
     p.add_argument("--verbose", action="store_true", help="also show Ray's and the workers' own logs")
     return p.parse_args(argv)
 
@@ -104,13 +108,19 @@ def print_data_summary(summ: dict) -> None:
         paths = [i["path"] for i in ignored if i["why"] == why]
         print(f"  ignored {len(paths)} ({why}): " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
     for label, paths in (("non-image files", summ["skipped_non_images"]),
-                         ("unreadable images", [f"{u['path']} ({u['error'][:160]})" for u in summ["unreadable_images"]])):
+                         ("unreadable images",
+                          [f"{u['path']} ({u['error'][:160]})" for u in summ["unreadable_images"]])):
         if paths:
             print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 
 
 def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = None) -> dict:
-    """Save what the search used, before it starts: resolved space, split, data summary, search info."""
+    """Save what the search used, before it starts: resolved space, split, data summary, search info.
+
+    search.json also holds, resolved, what analysis needs of the space (each knob's Optuna
+    distribution, ASHA's settings, GPUs per trial): analysis reads it, never the space again."""
+    from optuna.distributions import distribution_to_json
+
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.yaml").write_text(space_mod.describe(spec))
     data.save_split(index, exp_dir / "split.csv")
@@ -122,36 +132,34 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
         "data_root": str(index.root), "split_file": str(exp_dir / "split.csv"), "class_names": index.classes,
         "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
         "study_storage": study_mod.storage_label(exp_dir, study_url),
+        "distributions": {k: json.loads(distribution_to_json(d)) for k, d in study_mod.distributions(spec).items()},
+        "scheduler": {"max_t": spec.max_epochs(), "grace_period": spec.search.scheduler.grace_period,
+                      "reduction_factor": spec.search.scheduler.reduction_factor},
+        "gpus_per_trial": spec.resources.workers_per_trial * spec.resources.gpus_per_worker,
     }
-    from analysis.results import SEARCH_FILE
-
-    (exp_dir / SEARCH_FILE).write_text(json.dumps(info, indent=2))
+    (exp_dir / results_folder.SEARCH_FILE).write_text(json.dumps(info, indent=2))
     (exp_dir / study_mod.JOURNAL_FILE).unlink(missing_ok=True)  # a study of a search killed before it began
     return info
 
 
 def start_ray(address: str | None, verbose: bool):
     """Join a cluster, or start a local one whose trial drivers hold tokens, not CPUs."""
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no banner; progress is ours
+    ray_internals.quiet_env()  # with verbose=0: no banner; the progress lines are ours
     import ray
-
-    from search import ray_settings
 
     if ray.is_initialized():
         return False
-    ray_settings.apply_env(local=not address)
+    ray_internals.apply_env(local=not address)
     kwargs = dict(log_to_driver=verbose, configure_logging=True, logging_level="INFO" if verbose else "WARNING")
     if not verbose:  # a failed trial's traceback goes to its error.txt; the console gets one line per trial
         import logging
 
-        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        logging.getLogger(ray_internals.TUNE_CONTROLLER_LOGGER).setLevel(logging.CRITICAL)
     if address:
-        ctx = ray.init(address=address, **kwargs, **ray_settings.init_kwargs(local=False))
+        ctx = ray.init(address=address, **kwargs, **ray_internals.init_kwargs(local=False))
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
-        ctx = ray.init(resources={tuner_mod.DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1", **kwargs,
-                       **ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1"))
+        ctx = ray.init(resources={tuner_mod.DRIVER_TOKEN: 4 * (os.cpu_count() or 1)}, dashboard_host="127.0.0.1",
+                       **kwargs, **ray_internals.init_kwargs(local=True, dashboard_host="127.0.0.1"))
     if ctx.dashboard_url:
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return True
@@ -168,10 +176,8 @@ def stop_on_sigterm() -> None:
 
 def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
     """STORAGE/NAME must be new, or hold an unfinished search when --resume is given."""
-    from analysis import results
-
     exp_dir = Path(_abs_storage(args.storage)) / name
-    state = results.search_state(exp_dir)
+    state = results_folder.search_state(exp_dir)
     if state and not args.resume:
         hint = ("add --resume to continue it" if state["unfinished"]
                 else "pick another --name, or delete that folder")
@@ -184,11 +190,9 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
 
 def warm_start(previous_dir: str, search_alg, spec) -> None:
     """Seed the new study with an earlier search's completed and pruned trials."""
-    from analysis import results
-    from search import ray_compat
 
-    prev = study_mod.load(previous_dir, results.read_search_info(previous_dir))
-    added, dropped = study_mod.warm_start(ray_compat.study_of(search_alg), prev, study_mod.distributions(spec))
+    prev = study_mod.load(previous_dir, results_folder.read_search_info(previous_dir))
+    added, dropped = study_mod.warm_start(ray_internals.study_of(search_alg), prev, study_mod.distributions(spec))
     print(f"warm start: {added} finished trials of {previous_dir} seed the sampler"
           + (f"; knobs left out (not in this space, or out of its range): {', '.join(dropped)}" if dropped else ""),
           flush=True)
@@ -205,11 +209,9 @@ def check_study_options(args, name: str, spec) -> None:
 
 
 def _check_warm_start(previous_dir: str, spec) -> None:
-    from analysis import results
-
     try:
-        prev = results.read_search_info(previous_dir)
-    except results.ResultsError as e:
+        prev = results_folder.read_search_info(previous_dir)
+    except results_folder.ResultsError as e:
         raise space_mod.SpaceError(f"--warm-start: {e}") from None
     if study_mod.uses_rdb(prev):
         raise space_mod.SpaceError(f"--warm-start {previous_dir}: its study is in a database "
@@ -245,23 +247,25 @@ def run_search(args, spec, name: str, index):
     the search was interrupted (Ctrl-C) before all its trials ran."""
     import ray
 
-    from analysis import results
-
     exp_dir, state = check_results_dir(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
-    info = (results.read_search_info(exp_dir) if args.resume
+    info = (results_folder.read_search_info(exp_dir) if args.resume
             else write_inputs(exp_dir, spec, index, name, args.study_storage))
+    if args.resume:
+        context = TrialContext.load(exp_dir)
+    else:
+        context = trial_context(spec, index.root, index.classes, exp_dir / "split.csv", exp_dir)
+        context.save(exp_dir)
     cluster = ray.cluster_resources()
     n = _concurrency(args, spec, cluster)
-    context = trial_context(spec, info, exp_dir)
-    warm_cache(spec, info, context["cache_dir"])
+    warm_cache(spec, context)
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.search.num_samples} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
           f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
     print(f"results: {exp_dir}", flush=True)
     tuner = _tuner(args, spec, name, exp_dir, state, context, n)
-    if info.get("study_storage"):  # searches started before the live study have none
+    if info.get("study_storage"):  # absent from an older results folder's search.json: no study to show
         print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
     try:
@@ -269,7 +273,7 @@ def run_search(args, spec, name: str, index):
     except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
         pass
     elapsed = time.time() - started
-    table, csv_path = results.write_trials_csv(exp_dir)
+    table, csv_path = results_folder.write_trials_csv(exp_dir)
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
@@ -293,19 +297,20 @@ def _concurrency(args, spec, cluster: dict) -> int:
     return tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
 
 
-def trial_context(spec, info: dict, exp_dir: Path) -> dict:
-    """What every trial gets besides its knobs (config['run'])."""
-    return {
-        "data_root": info["data_root"], "split_file": info["split_file"], "class_names": info["class_names"],
-        "metric": spec.search.metric, "mode": spec.search.mode, "train_storage": str(exp_dir / "train_runs"),
-        "keep_checkpoints": spec.checkpoint.keep, "max_failures": spec.search.max_failures,
-        "cache_dir": str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
-        "cache_max_gb": spec.data.cache_max_gb,
-        **spec.resources.model_dump(),
-    }
+def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp_dir: Path) -> TrialContext:
+    """What every trial of this search gets besides its hyperparameters. The one builder: the
+    search saves it in the results folder (resume and analysis.retrain read it), and the bench
+    scripts call it too."""
+    return TrialContext(
+        data_root=str(data_root), split_file=str(split_file), class_names=tuple(class_names),
+        metric=spec.search.metric, mode=spec.search.mode,
+        cache_dir=str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
+        cache_max_gb=spec.data.cache_max_gb, train_storage=str(exp_dir / "train_runs"),
+        keep_checkpoints=spec.checkpoint.keep, max_failures=spec.search.max_failures,
+        resources=tuner_mod.resources(spec))
 
 
-def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: dict, n: int):
+def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: TrialContext, n: int):
     """A new Tuner (its searcher writing the live study, warm-started if asked), or the
     interrupted one restored."""
     from search.progress import ProgressPrinter
@@ -313,21 +318,20 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: di
     if args.resume:
         print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
               "continue from their last checkpoint", flush=True)
-        # trials keep the runtime and resources they started with (their stored configs say so)
-        started_with = space_mod.load(exp_dir / "space.yaml")
-        if started_with.resources != spec.resources:
+        # trials keep the runtime and resources they started with (the saved context says so)
+        if context.resources != tuner_mod.resources(spec):
             print(f"note: resuming with the resources the search started with ({exp_dir / 'space.yaml'}), "
                   f"not {args.space}'s", flush=True)
-        return tuner_mod.restore(exp_dir, started_with)
+        return tuner_mod.restore(exp_dir, context)
     callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]
     if args.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         callbacks.append(MLflowLoggerCallback(tracking_uri=args.mlflow, experiment_name=name, save_artifact=False))
-    search_alg = tuner_mod.searcher(spec, context, name, study_mod.storage(exp_dir, args.study_storage))
+    search_alg = tuner_mod.searcher(spec, name, study_mod.storage(exp_dir, args.study_storage))
     if args.warm_start:
         warm_start(args.warm_start, search_alg, spec)
-    return tuner_mod.build(spec, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
+    return tuner_mod.build(spec, context, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
 
 
 def _close_study(args, exp_dir: Path, info: dict) -> None:
@@ -345,12 +349,10 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
                   finished: int, interrupted: bool) -> None:
     """The end of a search: counts, the top of the leaderboard, failures, next commands, and for
     an interrupted search the --resume command."""
-    from analysis import results
-
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
           f"{time.time() - args.started:.0f}s wall time in all: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
-    print(results.format_board(results.leaderboard(table, info), info, top=5))
+    print(results_folder.format_board(results_folder.leaderboard(table, info), info, top=5))
     failed = table[table["status"].isin(["error", "diverged"])]
     if not failed.empty:
         print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
@@ -364,7 +366,7 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
 
 
-def warm_cache(spec, info: dict, cache_dir: str) -> None:
+def warm_cache(spec, context: TrialContext) -> None:
     """Decode the train and val images once per image size the space can pick, before any trial.
 
     Trials then only map the cache; an image size from an int range is decoded by the first
@@ -374,16 +376,17 @@ def warm_cache(spec, info: dict, cache_dir: str) -> None:
         return
     sizes = knob.values() if knob is not None else [TrialParams().image_size]
     for split_name in ("train", "val"):
-        items = data.read_split(info["split_file"], (split_name,))
+        items = data.read_split(context.split_file, (split_name,))
         for size in sorted(set(sizes)):
-            data.load_images(info["data_root"], items, info["class_names"], int(size), cache_dir, stream=sys.stdout,
-                             cache_max_gb=spec.data.cache_max_gb)
+            data.load_images(context.data_root, items, list(context.class_names), int(size), context.cache_dir,
+                             stream=sys.stdout, cache_max_gb=context.cache_max_gb)
 
 
 def main(argv=None) -> int:
     started = time.time()
     args = parse_args(argv)
     args.started = started
+    from trainables.images import DataError
     from trainables.models import ModelError
 
     try:
@@ -396,7 +399,7 @@ def main(argv=None) -> int:
 
             if importlib.util.find_spec("mlflow") is None:
                 raise space_mod.SpaceError("--mlflow: the mlflow package is not installed; pip install mlflow")
-    except (space_mod.SpaceError, data.DataError, ModelError) as e:
+    except (space_mod.SpaceError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print_data_summary(data.summary(index))

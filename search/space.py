@@ -52,9 +52,10 @@ class DataSpec(_Strict):
     limit_per_class: Optional[int] = Field(None, ge=3)
     cache_dir: Optional[str] = Field(None, description="where decoded images are cached; default "
                                                           "~/.cache/hpo-finetune (or HPO_CACHE_DIR)")
-    cache_max_gb: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description="cap on the decoded-image cache; least recently "
-                                                                  "used files go first; default: HPO_CACHE_MAX_GB, "
-                                                                  "else 20")
+    cache_max_gb: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
+                                          description="cap on the decoded-image cache; least recently "
+                                                      "used files go first; default: HPO_CACHE_MAX_GB, "
+                                                      "else 20")
     conflicting_labels: Literal["drop", "keep"] = Field(
         "drop", description="byte-identical images filed under different classes: drop them (their label is "
                             "unknowable) or keep every copy with its own label")
@@ -98,7 +99,8 @@ class ResourcesSpec(_Strict):
                                                      "training process")
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU trials)")
     use_ray_train: bool = Field(False, description="run single-worker trials as a Ray Train TorchTrainer too, as "
-                                                   "multi-worker trials always run (~18 s more per trial)")
+                                                   "multi-worker trials always run (slower: several more processes "
+                                                   "start per trial; bench/README.md)")
 
 
 class CheckpointSpec(_Strict):
@@ -194,7 +196,8 @@ def _parse_knob(path: Path, name: str, raw: Any) -> Knob:
     if unknown:
         bad = sorted(unknown)[0]
         raise _fail(path, f"{key}.{bad}", f"unknown key; {_did_you_mean(bad, _ENTRY_KEYS)}a search entry is one of "
-                                          "{choice: [...]}, {int: [lo, hi]}, {float: [lo, hi]}, with optional log, step, when")
+                                          "{choice: [...]}, {int: [lo, hi]}, {float: [lo, hi]}, "
+                                          "with optional log, step, when")
     kinds = _DIST_KEYS & set(raw)
     if len(kinds) != 1:
         raise _fail(path, key, "a search entry needs exactly one of choice, int, float; a constant is written bare")
@@ -318,7 +321,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> SpaceFile:
     path = Path(path)
     raw = apply_overrides(read_yaml(path), list(overrides), path)
     if "knobs" in raw:
-        raise _fail(path, "knobs", f"unknown key; allowed: {', '.join(a for a in SpaceFile.model_fields if a != 'knobs')}")
+        raise _fail(path, "knobs",
+                    f"unknown key; allowed: {', '.join(a for a in SpaceFile.model_fields if a != 'knobs')}")
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as err:
@@ -342,13 +346,10 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
     if spec.search.scheduler.grace_period > spec.max_epochs():
         raise _fail(path, "search.scheduler.grace_period",
                     f"{spec.search.scheduler.grace_period} is more than the {spec.max_epochs()} epochs a trial runs")
-    models_ = k["model"].values() if "model" in k else ["cnn"]
+    models_ = k["model"].values() if "model" in k else [TrialParams.model_fields["model"].default]
     pre = k.get("pretrained")
-    if pre is not None and "cnn" in models_ and any(v is not False for v in pre.values()):
-        conds = pre.when.get("model")
-        if conds is None or "cnn" in conds:
-            raise _fail(path, "space.pretrained", "model 'cnn' has no pretrained weights; give pretrained "
-                                                  "`when: {model: [<timm models>]}` or drop cnn from model")
+    if pre is not None and any(v is not False for v in pre.values()):
+        _check_pretrained_models(path, models_, pre.when.get("model"))
     _check_applies(path, spec, models_)
     for i, point in enumerate(spec.search.points_to_evaluate):
         for name, v in point.items():
@@ -372,7 +373,20 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
                 point[name] = value
 
 
-# knob -> (the knob it depends on, the values of that knob where it has an effect)
+def _check_pretrained_models(path: Path, models_: list, conds: list | None) -> None:
+    """Pretrained weights may be asked (where `when: {model: CONDS}` allows) only of models the
+    registry says can start from them."""
+    from trainables.models import can_be_pretrained
+
+    for m in models_:
+        if not can_be_pretrained(m) and (conds is None or m in conds):
+            raise _fail(path, "space.pretrained", f"model {m!r} has no pretrained weights; give pretrained "
+                                                  f"`when: {{model: [<timm models>]}}` or drop {m} from model")
+
+
+# knob -> (the knob it depends on, the values of that knob where it has an effect). The `cnn_*`
+# knobs are the CNN's own (trainables.models.OWN_MODELS); its name is written here rather than
+# asked of the registry so that loading a space does not import torch.
 APPLIES_WHEN = {
     **{n: ("model", ["cnn"]) for n in KNOBS if n.startswith("cnn_")},
     "momentum": ("optimizer", ["sgd"]), "nesterov": ("optimizer", ["sgd"]),
@@ -438,16 +452,18 @@ def describe(spec: SpaceFile) -> str:
 def check_pretrained_weights(path: str | Path, spec: SpaceFile) -> None:
     """Every timm model the space can train with `pretrained: true` can get its weights here.
 
-    Called by the search before Ray starts (not by `load`, which analysis also uses offline)."""
-    from trainables.models import missing_pretrained_weights
+    Called by the search before Ray starts (not by `load`, which also rereads a results folder's space.yaml)."""
+    from trainables.models import OWN_MODELS, missing_pretrained_weights
 
     k = spec.knobs
     if "pretrained" not in k or True not in k["pretrained"].values():
         return
     allowed = k["pretrained"].when.get("model")
-    names = [m for m in (k["model"].values() if "model" in k else []) if m != "cnn" and (allowed is None or m in allowed)]
+    names = [m for m in (k["model"].values() if "model" in k else [])
+             if m not in OWN_MODELS and (allowed is None or m in allowed)]
     for name in names:
         why = missing_pretrained_weights(name)
         if why:
-            raise _fail(path, "space.model", f"pretrained weights for {name!r} cannot be had: {why}; download them once "
-                                             f"while online, give pretrained: /path/to/weights.pth, or pretrained: false")
+            raise _fail(path, "space.model",
+                        f"pretrained weights for {name!r} cannot be had: {why}; download them once "
+                        f"while online, give pretrained: /path/to/weights.pth, or pretrained: false")

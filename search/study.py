@@ -57,24 +57,17 @@ def load(exp_dir: str | Path, info: dict, url: str | None = None):
 
 def distributions(spec) -> dict:
     """Each searched knob of a space as the Optuna distribution its define-by-run code samples."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from search.optuna_space import distribution
 
-    dists = {}
-    for name, k in spec.knobs.items():
-        if k.kind == "choice":
-            dists[name] = CategoricalDistribution(k.choices)
-        elif k.kind == "int":
-            dists[name] = IntDistribution(int(k.low), int(k.high), log=k.log, step=int(k.step or 1))
-        elif k.kind == "float":
-            dists[name] = FloatDistribution(k.low, k.high, log=k.log, step=k.step)
-    return dists
+    dists = {name: distribution(k.model_dump()) for name, k in spec.knobs.items()}
+    return {name: d for name, d in dists.items() if d is not None}
 
 
 def fits(dist, value) -> bool:
     """Whether VALUE is one the new space's distribution can sample (its range, choices and step)."""
     try:
         return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):  # a value of another type than the knob now has
+    except (ValueError, TypeError):  # a value of another type than the new space's knob
         return False
 
 

@@ -8,8 +8,9 @@ every file is read with `json`:
 - each trial folder's `params.json` (the trial's config) and `result.json` (one JSON line per
   report).
 
-Which file names and keys Tune writes is Ray's layout: `tests/test_end_to_end.py` checks it
-against a real search so that an upgrade that changes it fails a test, not a user.
+Which file names Tune writes is Ray's layout, named in `trainables.ray_internals`;
+`tests/test_end_to_end.py` checks the keys against a real search, so that an upgrade that
+changes them fails a test, not a user.
 """
 from __future__ import annotations
 
@@ -19,10 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-STATE_GLOB = "experiment_state-*.json"
-PARAMS_FILE = "params.json"
-RESULTS_FILE = "result.json"
-ERROR_FILE = "error.txt"
+from trainables.ray_internals import ERROR_FILE, PARAMS_FILE, RESULTS_FILE, STATE_GLOB
 
 FINISHED = ("TERMINATED", "ERROR")
 

@@ -17,6 +17,8 @@ import math
 
 from search.optuna_space import YamlSpace
 from search.space import SpaceFile
+from trainables import ray_internals
+from trainables.context import Resources, TrialContext
 
 DRIVER_TOKEN = "trial_driver"
 
@@ -48,43 +50,45 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def resources(spec: SpaceFile) -> Resources:
+    return Resources(**spec.resources.model_dump())
+
+
 def uses_ray_train(spec: SpaceFile) -> bool:
-    """Whether this search's trials fit a TorchTrainer (trainables.driver decides, per trial)."""
-    from trainables.driver import uses_ray_train as by_context
-
-    return by_context(spec.resources.model_dump())
+    """Whether this search's trials fit a TorchTrainer (else each trains in its own Tune actor)."""
+    return resources(spec).ray_train
 
 
-def trainable(spec: SpaceFile):
-    """The trial function with its resources; Tuner.restore checks that the name matches."""
+def trainable(context: TrialContext):
+    """The trial function with its context and resources; Tuner.restore checks that the name matches."""
     from ray import tune
 
     from trainables.driver import run_trial
 
-    if uses_ray_train(spec):
-        return tune.with_resources(run_trial, {DRIVER_TOKEN: 1})
-    r = spec.resources
-    return tune.with_resources(run_trial, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker})
+    fn = tune.with_parameters(run_trial, context=context)
+    r = context.resources
+    if r.ray_train:
+        return tune.with_resources(fn, {DRIVER_TOKEN: 1})
+    return tune.with_resources(fn, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker})
 
 
-def restore(exp_dir, spec: SpaceFile):
+def restore(exp_dir, context: TrialContext):
     """Tune restores the searcher (Optuna's past trials), the scheduler and every trial's state."""
     from ray import tune
 
-    return tune.Tuner.restore(str(exp_dir), trainable=trainable(spec), resume_unfinished=True, resume_errored=False)
+    return tune.Tuner.restore(str(exp_dir), trainable=trainable(context), resume_unfinished=True,
+                              resume_errored=False)
 
 
-def searcher(spec: SpaceFile, context: dict, name: str, study_storage=None):
+def searcher(spec: SpaceFile, name: str, study_storage=None):
     """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs."""
     import optuna
-
-    from search.ray_compat import EpochOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
     startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
-    return EpochOptunaSearch(
-        YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}, context),
+    return ray_internals.EpochOptunaSearch(
+        YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}),
         metric=s.metric,
         mode=s.mode,
         sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup),
@@ -94,7 +98,8 @@ def searcher(spec: SpaceFile, context: dict, name: str, study_storage=None):
     )
 
 
-def build(spec: SpaceFile, search_alg, storage: str, name: str, max_concurrent: int, callbacks=()):
+def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name: str, max_concurrent: int,
+          callbacks=()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -105,9 +110,9 @@ def build(spec: SpaceFile, search_alg, storage: str, name: str, max_concurrent: 
         grace_period=s.scheduler.grace_period,
         reduction_factor=s.scheduler.reduction_factor,
     )
-    in_actor = not uses_ray_train(spec)
+    in_actor = not context.resources.ray_train
     return tune.Tuner(
-        trainable(spec),
+        trainable(context),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,

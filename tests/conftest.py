@@ -85,10 +85,10 @@ def ray_cluster():
     Per module, not per session, so that the multi-node test runs with no other cluster up."""
     import ray
 
-    from search import ray_settings
+    from trainables import ray_internals
 
-    ray_settings.apply_env()
-    extra = ray_settings.init_kwargs(local=True, dashboard_host="127.0.0.1")
+    ray_internals.apply_env()
+    extra = ray_internals.init_kwargs(local=True, dashboard_host="127.0.0.1")
     ray.init(num_cpus=2, resources={"trial_driver": 4}, dashboard_host="127.0.0.1", log_to_driver=False, **extra)
     # the tests' own State API calls find this cluster too, even with other Ray instances on the machine
     api = extra.get("runtime_env", {}).get("env_vars", {}).get("RAY_API_SERVER_ADDRESS")
@@ -114,6 +114,14 @@ def make_folder(root: Path, classes: dict[str, int], size: int = 12, seed: int =
 @pytest.fixture
 def folder(tmp_path):
     return make_folder(tmp_path / "imgs", {"a": 20, "b": 20, "c": 20})
+
+
+def trial_context(index, split_file: Path, spec=None):
+    """The TrialContext a search of SPEC (default: an empty space) would give its trials, as
+    search.run builds it, for a split of INDEX saved at SPLIT_FILE."""
+    from search import run, space
+
+    return run.trial_context(spec or space.SpaceFile(), index.root, index.classes, split_file, Path(split_file).parent)
 
 
 def write_space(path: Path, text: str) -> Path:

@@ -12,7 +12,8 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("search: {num_sample: 3}\n",
      "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, num_samples, "
      "max_concurrent_trials, time_budget_s, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
-    ("space: {learning_rate: 0.1}\n", f"space.learning_rate: unknown knob; did you mean 'lr'? knobs: {', '.join(KNOBS)}"),
+    ("space: {learning_rate: 0.1}\n",
+     f"space.learning_rate: unknown knob; did you mean 'lr'? knobs: {', '.join(KNOBS)}"),
     ("search: {num_samples: many}\n",
      "search.num_samples: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
     ("search: {metric: val_accuracy}\n",
@@ -49,7 +50,8 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("search: {num_samples: 0}\n", "search.num_samples: Input should be greater than or equal to 1 (got 0)"),
     ("search: {time_budget_s: -5}\n", "search.time_budget_s: Input should be greater than 0 (got -5)"),
     ("space:\n  lr: [0.1\n",
-     "YAML syntax error at line 2, column 7: while parsing a flow sequence expected ',' or ']', but got '<stream end>'"),
+     "YAML syntax error at line 2, column 7: while parsing a flow sequence expected ',' or ']', "
+     "but got '<stream end>'"),
     ("- a\n- b\n", "a space file must be a mapping of sections (data, search, resources, checkpoint, space), got list"),
 ]
 

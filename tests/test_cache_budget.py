@@ -14,7 +14,7 @@ import pytest
 
 from search import cache as cache_cli
 from tests.conftest import ROOT, make_folder, search_cli
-from trainables import cache_budget, data, image_cache
+from trainables import cache_budget, data, image_cache, images
 
 SIDE = 16  # bytes per decoded image: 3 * 16 * 16 = 768
 
@@ -85,7 +85,7 @@ def test_a_file_this_process_uses_is_never_evicted_by_its_own_builds(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_set_larger_than_the_cap_is_one_clear_error(tmp_path):
     root = make_folder(tmp_path / "imgs", {"a": 20, "b": 20})
-    with pytest.raises(data.DataError, match=r"need 34 kB decoded, more than the cache cap of 1 kB; "
+    with pytest.raises(images.DataError, match=r"need 34 kB decoded, more than the cache cap of 1 kB; "
                                              r"raise data\.cache_max_gb \(or HPO_CACHE_MAX_GB\)"):
         _load(root, tmp_path / "cache", cache_max_gb=1e-6)
     assert not list((tmp_path / "cache" / "decoded").glob("*.npy"))
@@ -96,7 +96,7 @@ def test_a_full_disk_is_found_before_the_build(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "imgs", {"a": 20, "b": 20})
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(cache_budget.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 2**20))
-    with pytest.raises(data.DataError, match=r"needs 256\.0 MB of disk but 1\.0 MB is free; free some space, "
+    with pytest.raises(images.DataError, match=r"needs 256\.0 MB of disk but 1\.0 MB is free; free some space, "
                                              r"or set data\.cache_dir to a larger disk"):
         _load(root, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "decoded").glob("*"))[1:]  # at most the lock file
@@ -146,7 +146,8 @@ def test_list_and_clean_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 file(s), 98 kB of a 20.00 GB cap" in out
     lines = [ln for ln in out.splitlines() if "images at" in ln]
-    assert "30 kB       40 images at   16 px  last used      3 d ago" in lines[0] and str(root) in lines[0]  # oldest first
+    # oldest first
+    assert "30 kB       40 images at   16 px  last used      3 d ago" in lines[0] and str(root) in lines[0]
     assert "24 px  last used     just now" in lines[1]
 
     assert cache_cli.main(["clean", "--cache-dir", str(cache), "--unused-days", "1"]) == 0
@@ -160,4 +161,5 @@ def test_a_bad_cap_variable_stops_the_search_before_it_starts(tmp_path):
     env = {**os.environ, cache_budget.CACHE_MAX_ENV: "lots"}
     r = search_cli([str(ROOT / "spaces" / "smoke.yaml"), "--dry-run"], timeout=100, env=env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1] == "error: HPO_CACHE_MAX_GB='lots': not a number of GB above 0 (e.g. HPO_CACHE_MAX_GB=20)"
+    assert r.stderr.strip().splitlines()[-1] == ("error: HPO_CACHE_MAX_GB='lots': not a number of GB above 0 "
+                                                 "(e.g. HPO_CACHE_MAX_GB=20)")

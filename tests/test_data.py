@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from trainables import data
 from tests.conftest import make_folder
+from trainables import data, images
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -61,16 +61,16 @@ def test_presplit_folder_keeps_its_split_and_checks_class_names(tmp_path):
     idx = split_of(tmp_path / "pre")
     assert idx.presplit and idx.counts()["val"] == {"x": 4, "y": 4}
     make_folder(tmp_path / "pre" / "test", {"z": 2})
-    with pytest.raises(data.DataError, match=r"not in all three: \['z'\]"):
+    with pytest.raises(images.DataError, match=r"not in all three: \['z'\]"):
         split_of(tmp_path / "pre")
 
 
 def test_bad_folders_say_which_class(tmp_path):
     make_folder(tmp_path / "f", {"a": 5, "b": 2})
-    with pytest.raises(data.DataError, match="class 'b' has 2 distinct image"):
+    with pytest.raises(images.DataError, match="class 'b' has 2 distinct image"):
         split_of(tmp_path / "f")
     (tmp_path / "f" / "empty").mkdir()
-    with pytest.raises(data.DataError, match=r"\[.empty.\] hold no readable images"):
+    with pytest.raises(images.DataError, match=r"\[.empty.\] hold no readable images"):
         split_of(tmp_path / "f")
 
 

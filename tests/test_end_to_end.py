@@ -26,11 +26,12 @@ import torch
 
 from analysis import predict, rank, retrain
 from analysis import report as analysis_report
-from search import run
+from search import run, tune_files
 from search import study as study_mod
-from search import tune_files
-from trainables import checkpoint, data
 from tests.conftest import ROOT
+from trainables import checkpoint, data, inference
+from trainables.context import TrialContext
+from trainables.params import TrialParams
 
 
 def _alive_train_workers() -> int:
@@ -86,7 +87,7 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     model, meta = checkpoint.load(best["checkpoint"])
     val = data.read_split(exp / "split.csv", ("val",))
     x, y = data.load_images(animal_root, val, meta["class_names"], meta["image_size"])
-    acc = float((checkpoint.predict(model, meta, x).argmax(1) == y).float().mean())
+    acc = float((inference.predict(model, meta, x).argmax(1) == y).float().mean())
     assert acc == pytest.approx(best["best_val_acc"], abs=1e-6) and acc > 0.1
 
     assert rank.main([str(exp)]) == 0
@@ -108,7 +109,7 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     for curve in report["refit_curves"].values():
         assert [r["lr"] for r in curve] == pytest.approx(trial_lrs)
     final, meta = checkpoint.load(exp / "retrained" / "model")
-    assert meta["ensemble"] == 5 and isinstance(final, checkpoint.Ensemble)
+    assert meta["ensemble"] == 5 and isinstance(final, inference.Ensemble)
     assert torch.load(exp / "retrained" / "model" / "model.pt", weights_only=True)
 
     # The test split is used once: a second call reports the stored result, it does not re-test.
@@ -146,11 +147,17 @@ def test_tune_writes_the_plain_files_analysis_reads(searched):
         state = json.loads(entry[0])
         assert state["status"] == "TERMINATED" and state["relative_logdir"] == f"trial_{state['trial_id']}"
         trial_dir = exp / state["relative_logdir"]
-        assert json.loads((trial_dir / tune_files.PARAMS_FILE).read_text())["lr"] == state["config"]["lr"]
+        params = json.loads((trial_dir / tune_files.PARAMS_FILE).read_text())
+        assert params["lr"] == state["config"]["lr"]
+        # hyperparameters only: the search-wide context reaches trials by tune.with_parameters
+        assert "run" not in params and set(params) <= set(TrialParams.model_fields), params
         reports = tune_files.read_reports(trial_dir)
         assert list(reports["epoch"]) == list(range(1, len(reports) + 1))
         assert any((trial_dir / name).is_dir() for name in reports["checkpoint_dir_name"])  # the one kept
     assert [t.trial_id for t in tune_files.read_trials(exp)] == [json.loads(e[0])["trial_id"] for e in entries]
+    context = TrialContext.load(exp)  # what every trial got, saved for resume and retrain
+    assert context.class_names == tuple(json.loads((exp / "data.json").read_text())["classes"])
+    assert context.split_file == str(exp / "split.csv") and not context.resources.ray_train
 
 
 def _screenshot(page: str, tmp_path, name: str):

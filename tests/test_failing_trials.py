@@ -4,8 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis import results
-from search import run
+from search import results_folder, run
 from tests.conftest import write_space
 
 SPACE = """
@@ -45,7 +44,8 @@ def test_diverging_and_crashing_trials_do_not_stop_the_search(ray_cluster, tmp_p
     crashed = trials[trials["status"] == "error"].iloc[0]
     assert crashed["model"] == "resnet18" and "ModelError: cannot read weights file" in crashed["error"]
     assert crashed["error_file"].endswith("error.txt")
-    assert "diverged: training loss became nan" in out and "ModelError: cannot read weights file" in out  # the final summary lists them with their reason
+    # the final summary lists them with their reason
+    assert "diverged: training loss became nan" in out and "ModelError: cannot read weights file" in out
 
 
 def test_a_train_workers_own_line_is_the_reason_even_when_ray_cut_it_from_the_traceback():
@@ -54,22 +54,22 @@ def test_a_train_workers_own_line_is_the_reason_even_when_ray_cut_it_from_the_tr
             "ine 12, in f\nParameter indices which did not receive grad for rank 1: 3 4\n"
             "trainables.train_loop.WorkerError: RuntimeError: Expected to have finished reduction in the prior "
             "iteration before starting a new one.\n")
-    assert results.classify_failure(text, {}) == (
+    assert results_folder.classify_failure(text, {}) == (
         "error", "RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one.")
     diverged = "trainables.train_loop.WorkerError: TrialDiverged: training loss became nan at epoch 1, step 3\n"
-    assert results.classify_failure(diverged, {}) == ("diverged", "training loss became nan at epoch 1, step 3")
+    assert results_folder.classify_failure(diverged, {}) == ("diverged", "training loss became nan at epoch 1, step 3")
 
 
 def test_out_of_memory_is_reported_with_the_sizes_that_caused_it():
     text = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
-    status, reason = results.classify_failure(text, {"batch_size": 512, "image_size": 224})
+    status, reason = results_folder.classify_failure(text, {"batch_size": 512, "image_size": 224})
     assert status == "error" and reason.startswith("out of memory at batch_size=512, image_size=224")
 
 
 def test_wrapped_errors_report_the_inner_exception():
     text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n"
             "  File x\nValueError: bad shape (3, 4)\n")
-    assert results.classify_failure(text, {}) == ("error", "ValueError: bad shape (3, 4)")
+    assert results_folder.classify_failure(text, {}) == ("error", "ValueError: bad shape (3, 4)")
 
 
 def test_when_every_trial_fails_the_command_exits_nonzero_with_the_reason(ray_cluster, tmp_path, capsys):

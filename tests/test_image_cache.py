@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import data, image_cache
+from trainables import data, image_cache, images
 from trainables.params import TrialParams
 from trainables.train_loop import Batches
 
@@ -79,7 +79,7 @@ def test_an_image_broken_after_the_scan_is_named_not_skipped(tmp_path):
     root = _jpeg_folder(tmp_path / "imgs", n=3)
     index = data.scan(root)
     (root / index.items[1].path).write_bytes(b"not a jpeg any more")
-    with pytest.raises(data.DataError, match=r"a/1\.jpg: cannot decode image while building the cache"):
+    with pytest.raises(images.DataError, match=r"a/1\.jpg: cannot decode image while building the cache"):
         data.load_images(root, index.items, index.classes, 16, cache_dir=tmp_path / "cache")
     assert not any((tmp_path / "cache" / "decoded").glob("*.npy"))  # nothing half-built left behind
 

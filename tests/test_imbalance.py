@@ -70,4 +70,5 @@ def _draw_fraction_b(p):
 def test_sampler_balances_classes():
     assert sample_weights(TrialParams(class_weight="balanced"), LABELS, NAMES) is None
     assert _draw_fraction_b(TrialParams(class_weight="sampler")) == pytest.approx(0.5, rel=0.1)
-    assert _draw_fraction_b(TrialParams(class_weight="sampler", class_multipliers={"b": 2})) == pytest.approx(2 / 3, rel=0.1)
+    assert _draw_fraction_b(TrialParams(class_weight="sampler", class_multipliers={"b": 2})) == pytest.approx(
+        2 / 3, rel=0.1)

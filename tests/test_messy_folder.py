@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables import data
 from tests.conftest import ROOT, make_folder
+from trainables import data, images
 
 
 @pytest.fixture
@@ -49,25 +49,25 @@ def test_every_kept_image_decodes_to_rgb(messy):
     idx = data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     x, _ = data.load_images(messy, idx.items, idx.classes, 8)
     assert x.shape == (len(idx.items), 3, 8, 8)
-    assert data.open_rgb(messy / "fox" / "rgba.png", 4).getpixel((0, 0)) == (255, 255, 255)
-    assert data.open_rgb(messy / "fox" / "cmyk.jpg", 4).getpixel((0, 0))[0] > 200  # CMYK red -> RGB red
-    assert data.open_rgb(messy / "fox" / "gray.png", 4).getpixel((0, 0)) == (90, 90, 90)
+    assert images.open_rgb(messy / "fox" / "rgba.png", 4).getpixel((0, 0)) == (255, 255, 255)
+    assert images.open_rgb(messy / "fox" / "cmyk.jpg", 4).getpixel((0, 0))[0] > 200  # CMYK red -> RGB red
+    assert images.open_rgb(messy / "fox" / "gray.png", 4).getpixel((0, 0)) == (90, 90, 90)
 
 
 def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
     Image.new("RGB", (6000, 6000), (10, 200, 30)).save(tmp_path / "huge.jpg", quality=70)
-    img = data.open_rgb(tmp_path / "huge.jpg", 32)
+    img = images.open_rgb(tmp_path / "huge.jpg", 32)
     assert img.size == (32, 32) and img.getpixel((5, 5))[1] > 150
 
 
 def test_empty_class_and_class_with_too_few_images_name_the_class(messy):
     (messy / "empty").mkdir()
-    with pytest.raises(data.DataError, match=r"\['empty'\] hold no readable images"):
+    with pytest.raises(images.DataError, match=r"\['empty'\] hold no readable images"):
         data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     shutil.rmtree(messy / "empty")
     for p in list((messy / "cat").glob("*.png"))[2:]:
         p.unlink()
-    with pytest.raises(data.DataError, match="class 'cat' has 2 distinct image.*needs at least 3"):
+    with pytest.raises(images.DataError, match="class 'cat' has 2 distinct image.*needs at least 3"):
         data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
 
 

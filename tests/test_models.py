@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import models
 from tests.conftest import ROOT
+from trainables import models, preprocess
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -31,7 +31,7 @@ def test_unknown_name_lists_close_matches():
 
 def test_embedded_lite0_weights_see_the_cat():
     m = models.build({"model": "efficientnet_lite0", "pretrained": True}, 1000).eval()
-    norm = models.preprocessing({"model": "efficientnet_lite0", "pretrained": True})
+    norm = preprocess.resolve({"model": "efficientnet_lite0", "pretrained": True})
     assert norm["mean"] == pytest.approx((0.485, 0.456, 0.406))  # timm's own data config, not a constant here
     img = Image.open(ROOT / "tests" / "data" / "chelsea.jpg").convert("RGB").resize((224, 224))
     x = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)[None].float() / 255

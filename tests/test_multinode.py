@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import ray_settings
 from tests.conftest import ROOT, group_pids, kill_group
+from trainables import ray_internals
 
 RAY = str(Path(sys.executable).parent / "ray")
 # as on a real cluster: token authentication, the same token (~/.ray/auth_token) on every node
@@ -42,7 +42,8 @@ def _ports(n: int) -> list[int]:
 
 def _start(args: list[str]) -> int:
     proc = subprocess.Popen([RAY, "start", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=ENV)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     return proc.pid  # the session leader's pid is the group id its daemons keep
@@ -87,8 +88,8 @@ def two_nodes(tmp_path):
 def _node_ids(address: str) -> dict[str, str]:
     """{'head'|'node_b': node id, 'poll_on_b': the Train poll a task on node_b sees}, read through
     a short-lived driver that joins the cluster as `search.run --address` does."""
-    code = ("import json, os, ray; from search import ray_settings; "
-            "ray.init(address=%r, log_to_driver=False, **ray_settings.init_kwargs(local=False)); "
+    code = ("import json, os, ray; from trainables import ray_internals; "
+            "ray.init(address=%r, log_to_driver=False, **ray_internals.init_kwargs(local=False)); "
             "ids = {('node_b' if 'node_b' in n['Resources'] else 'head'): n['NodeID'] "
             "for n in ray.nodes() if n['Alive']}; "
             "env = ray.remote(lambda: os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S')); "
@@ -121,7 +122,7 @@ def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
     address, groups, ray_tmp = two_nodes
     nodes = _node_ids(address)
     # the search's Train settings reach processes `ray start` launched, which do not inherit its environment
-    assert nodes.pop("poll_on_b") == ray_settings.HEALTH_CHECK_INTERVAL_S
+    assert nodes.pop("poll_on_b") == ray_internals.TRAIN_POLL[1]
     assert set(nodes) == {"head", "node_b"}
     exp = tmp_path / "res" / "multi"
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--address", address,

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from analysis import predict
+from tests.conftest import trial_context
 from tests.test_train_loop import config_for
-from trainables import checkpoint, data, sessions, train_loop
+from trainables import checkpoint, data, export, preprocess, sessions, train_loop
 
 
 def trained_model(folder, tmp_path):
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), sessions.LocalSession(tmp_path / "model"))
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=6), sessions.LocalSession(tmp_path / "model"))
     return tmp_path / "model"
 
 
@@ -31,10 +32,10 @@ def test_predict_returns_the_true_class_and_writes_a_grid(folder, tmp_path, caps
 def test_export_gives_the_same_logits_at_any_batch_size(folder, tmp_path):
     model, meta = checkpoint.load(trained_model(folder, tmp_path))
     x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
-    assert checkpoint.export(model, meta, tmp_path / "model", x) < 1e-4
+    assert export.export(model, meta, tmp_path / "model", x) < 1e-4
     exported = torch.export.load(tmp_path / "model" / checkpoint.EXPORTED).module()
     for batch in (x[:1], x):
-        xb = checkpoint.normalize(batch, meta)
+        xb = preprocess.normalize(batch, meta)
         assert torch.allclose(exported(xb), model(xb), atol=1e-4)
 
 
@@ -45,10 +46,9 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
     idx = data.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, limit=60)
     data.save_split(idx, tmp_path / "split.csv")
     config = {"model": "efficientnet_lite0", "pretrained": True, "unfreeze": 0, "image_size": 48, "lr": 0.003,
-              "batch_size": 32, "epochs": 3,
-              "run": {"data_root": str(idx.root), "split_file": str(tmp_path / "split.csv"),
-                      "class_names": idx.classes}}
-    train_loop.fit(config, sessions.LocalSession(tmp_path / "model"), train_splits=("train", "val"), val_split=None)
+              "batch_size": 32, "epochs": 3}
+    train_loop.fit(config, trial_context(idx, tmp_path / "split.csv"), sessions.LocalSession(tmp_path / "model"),
+                   train_splits=("train", "val"), val_split=None)
     test = data.read_split(tmp_path / "split.csv", ("test",))
     assert predict.main([str(tmp_path / "model"), *[str(animal_root / it.path) for it in test], "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -61,5 +61,5 @@ def test_onnx_export_when_installed(folder, tmp_path):
         pytest.importorskip(module)  # optional: pip install -e ".[onnx]"
     model, meta = checkpoint.load(trained_model(folder, tmp_path))
     x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
-    assert checkpoint.export_onnx(model, meta, tmp_path / "model", x) < 1e-3
+    assert export.export_onnx(model, meta, tmp_path / "model", x) < 1e-3
     assert (tmp_path / "model" / "model.onnx").stat().st_size > 1000

@@ -185,7 +185,8 @@ def test_every_messy_folder_case_gets_its_exact_outcome(tmp_path):
         printed = (r.stdout + r.stderr).splitlines()
         want = line.format(root=root)
         if r.returncode != code or want not in printed:
-            failures.append(f"{case}: exit {r.returncode} (want {code}); want line {want!r}; got:\n{r.stdout}{r.stderr}")
+            failures.append(f"{case}: exit {r.returncode} (want {code}); want line {want!r}; "
+                            f"got:\n{r.stdout}{r.stderr}")
         elif "Traceback" in r.stderr:
             failures.append(f"{case}: traceback\n{r.stderr}")
         elif check:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import ROOT, kill_group, search_cli
 
+
 def _strays(pgid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,pgid=", "-A"], capture_output=True, text=True).stdout.split("\n")
     return [int(p) for p, g in (ln.split() for ln in out if ln.strip()) if int(g) == pgid]

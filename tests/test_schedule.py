@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainables.optim import make_optimizer
 from trainables.params import TrialParams
-from trainables.schedule import EpochSchedule, autocast, make_optimizer, trainable_blocks
+from trainables.precision import autocast
+from trainables.schedule import EpochSchedule, trainable_blocks
 
 
 def optimizer(p):
@@ -29,7 +31,8 @@ def lrs(p, epochs, objective=None, mode="max"):
     return out
 
 
-@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize("name,cls",
+                         [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_optimizer_groups(name, cls):
     p = TrialParams(optimizer=name, lr=1e-3, backbone_lr_mult=0.1, weight_decay=1e-4)
     opt = optimizer(p)
@@ -160,9 +163,8 @@ def test_refit_config_stops_at_the_best_epoch_with_the_planned_schedule():
 
     from analysis.retrain import refit_config
 
-    config = {"lr": 0.01, "epochs": 6, "seed": 3, "run": {"data_root": "d"}}
+    config = {"lr": 0.01, "epochs": 6, "seed": 3}
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "lr": [0.01, 0.008, 0.005, 0.002]})
-    c = refit_config(config, history, epochs=3, seed_offset=1000)
-    assert c["epochs"] == 6 and c["seed"] == 1003 and c["lr"] == 0.01
-    assert c["run"] == {"data_root": "d", "stop_after_epoch": 3, "lr_path": [0.01, 0.008, 0.005]}
-    assert config["run"] == {"data_root": "d"}  # the trial's own config is left as it was
+    c, lr_path = refit_config(config, history, epochs=3, seed_offset=1000)
+    assert c == {"lr": 0.01, "epochs": 6, "seed": 1003} and lr_path == [0.01, 0.008, 0.005]
+    assert config == {"lr": 0.01, "epochs": 6, "seed": 3}  # the trial's own config is left as it was

@@ -9,10 +9,10 @@ name: the weights-file path, `unfreeze` and `head_epochs` then run for real.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
-import math
 from pathlib import Path
 
 import optuna
@@ -22,8 +22,8 @@ import torch
 from search import run as run_cli
 from search import space
 from search.optuna_space import YamlSpace
+from tests.conftest import ROOT, trial_context
 from trainables import data, sessions, train_loop
-from tests.conftest import ROOT
 from trainables.params import TrialParams
 
 SEEDS = Path(__file__).resolve().parents[1] / "spaces" / "seeds"
@@ -96,15 +96,15 @@ def weights_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def split_file(tmp_path_factory):
-    """(train, val, test) fractions -> run context of a LIMIT-images-per-class split, made once each."""
-    made: dict[tuple, dict] = {}
+    """(train, val, test) fractions -> (index, split file) of a LIMIT-images-per-class split, made once each."""
+    made: dict[tuple, tuple] = {}
 
-    def get(fractions: tuple) -> dict:
+    def get(fractions: tuple) -> tuple:
         if fractions not in made:
             idx = data.prepare("animal-mnist", dict(zip(("train", "val", "test"), fractions)), 0, LIMIT)
             path = tmp_path_factory.mktemp("split") / "split.csv"
             data.save_split(idx, path)
-            made[fractions] = {"data_root": str(idx.root), "split_file": str(path), "class_names": idx.classes}
+            made[fractions] = idx, path
         return made[fractions]
 
     return get
@@ -166,9 +166,8 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
 
     # shrunk, with that weights file, and its seed config drawn through the define-by-run space
     small = space.load(path, shrink_overrides(path, case["shrink"], extra))
-    run = {**split_file(case.get("split", (0.7, 0.15, 0.15))), "metric": small.search.metric,
-           "mode": small.search.mode, **small.resources.model_dump()}
-    fn = YamlSpace({n: k.model_dump() for n, k in small.knobs.items()}, run)
+    context = trial_context(*split_file(case.get("split", (0.7, 0.15, 0.15))), spec=small)
+    fn = YamlSpace({n: k.model_dump() for n, k in small.knobs.items()})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     point = small.search.points_to_evaluate[0]
@@ -183,7 +182,7 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
     assert _parsed(config, expected) == expected
 
     session = sessions.LocalSession(device="cpu")
-    last = train_loop.fit(config, session)
+    last = train_loop.fit(config, context, session)
     epochs = config["epochs"]
     assert [r["epoch"] for r in session.history] == list(range(1, epochs + 1))
     for row in session.history:

@@ -29,10 +29,10 @@ def _changed(a: dict, b: dict, names) -> set[str]:
 def test_head_stage_then_scheduled_unfreezing_of_the_top_block(folder, tmp_path):
     """Epoch 1 trains the head only; from epoch 2 the top block trains too; lower blocks never do."""
     session = Snapshots(tmp_path)
-    cfg = config_for(folder, tmp_path, model="efficientnet_lite0", pretrained=True, unfreeze=1, head_epochs=1,
-                     epochs=2, image_size=32, lr=0.01, cnn_width=None)
+    cfg, ctx = config_for(folder, tmp_path, model="efficientnet_lite0", pretrained=True, unfreeze=1, head_epochs=1,
+                          epochs=2, image_size=32, lr=0.01, cnn_width=None)
     cfg.pop("cnn_width")
-    train_loop.fit(cfg, session)
+    train_loop.fit(cfg, ctx, session)
     start = models.build({"model": "efficientnet_lite0", "pretrained": True}, 3).state_dict()
     groups = models.backbone_groups(models.build({"model": "efficientnet_lite0"}, 3))
     top, lower = set(groups[-1]), {n for g in groups[:-1] for n in g}
@@ -45,11 +45,11 @@ def test_head_stage_then_scheduled_unfreezing_of_the_top_block(folder, tmp_path)
 
 def test_step_schedule_and_warmup_reach_the_optimizer(folder, tmp_path):
     session = sessions.LocalSession()
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=4, lr_schedule="step", step_size=2, gamma=0.5),
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=4, lr_schedule="step", step_size=2, gamma=0.5),
                    session)
     assert [round(r["lr"], 6) for r in session.history] == [0.01, 0.01, 0.005, 0.005]
     session = sessions.LocalSession()
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=2, warmup_epochs=1), session)
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=2, warmup_epochs=1), session)
     assert [round(r["lr"], 6) for r in session.history] == [0.005, 0.01]
 
 
@@ -58,7 +58,7 @@ def test_class_weights_change_the_training_loss(tmp_path):
     losses = {}
     for weight in ("none", "balanced", "sampler"):
         session = sessions.LocalSession()
-        train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=1, class_weight=weight), session)
+        train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=1, class_weight=weight), session)
         losses[weight] = session.history[0]["train_loss"]
     assert len({round(v, 6) for v in losses.values()}) == 3, losses
 
@@ -66,7 +66,7 @@ def test_class_weights_change_the_training_loss(tmp_path):
 def test_augmentation_and_mixup_change_what_is_trained_on(folder, tmp_path):
     def loss(**knobs):
         session = sessions.LocalSession()
-        train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=1, **knobs), session)
+        train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=1, **knobs), session)
         return session.history[0]["train_loss"]
 
     plain = loss()
@@ -78,24 +78,24 @@ def test_augmentation_and_mixup_change_what_is_trained_on(folder, tmp_path):
 
 def test_early_stopping_ends_a_stalled_trial(folder, tmp_path):
     session = sessions.LocalSession()
-    train_loop.fit(config_for(folder, tmp_path, lr=1e-12, epochs=6, early_stop_patience=2), session)
+    train_loop.fit(*config_for(folder, tmp_path, lr=1e-12, epochs=6, early_stop_patience=2), session)
     assert [r["epoch"] for r in session.history] == [1, 2, 3]  # val_acc never improves after epoch 1
 
 
 def test_plateau_state_survives_a_resume(folder, tmp_path):
     """A resumed trial continues the schedule where the checkpoint left it."""
-    cfg = config_for(folder, tmp_path, lr=1e-12, epochs=3, lr_schedule="plateau", plateau_patience=0,
-                     plateau_factor=0.5)
+    cfg, ctx = config_for(folder, tmp_path, lr=1e-12, epochs=3, lr_schedule="plateau", plateau_patience=0,
+                          plateau_factor=0.5)
     full = sessions.LocalSession(tmp_path / "ck_full")
-    train_loop.fit(cfg, full)
+    train_loop.fit(cfg, ctx, full)
     first = sessions.LocalSession(tmp_path / "ck")
-    train_loop.fit({**cfg, "epochs": 2}, first)
+    train_loop.fit({**cfg, "epochs": 2}, ctx, first)
 
     class Resumed(sessions.LocalSession):
         def restored_dir(self):
             return tmp_path / "ck"
 
     resumed = Resumed()
-    train_loop.fit(cfg, resumed)
+    train_loop.fit(cfg, ctx, resumed)
     assert [r["epoch"] for r in resumed.history] == [3]
     assert resumed.history[0]["lr"] == full.history[2]["lr"] < full.history[0]["lr"]

@@ -4,20 +4,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import checkpoint, data, sessions, train_loop
+from tests.conftest import trial_context
+from trainables import checkpoint, data, inference, sessions, train_loop
 
 
 def config_for(folder, tmp_path, **knobs):
+    """(hyperparameters, TrialContext) of a small cnn trial on FOLDER, split 70/15/15."""
     idx = data.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     data.save_split(idx, tmp_path / "split.csv")
-    run = {"data_root": str(idx.root), "split_file": str(tmp_path / "split.csv"), "class_names": idx.classes,
-           "metric": "val_acc", "mode": "max"}
-    return {"model": "cnn", "cnn_width": 8, "image_size": 12, "batch_size": 8, "epochs": 2, **knobs, "run": run}
+    config = {"model": "cnn", "cnn_width": 8, "image_size": 12, "batch_size": 8, "epochs": 2, **knobs}
+    return config, trial_context(idx, tmp_path / "split.csv")
 
 
 def test_fit_reports_fixed_keys_each_epoch_and_saves_a_loadable_model(folder, tmp_path):
     session = sessions.LocalSession(checkpoint_dir=tmp_path / "ck")
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01), session)
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01), session)
     assert [r["epoch"] for r in session.history] == [1, 2]
     keys = {"epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "val_min_recall",
             "val_recall/a", "val_recall/b", "val_recall/c"}
@@ -25,16 +26,16 @@ def test_fit_reports_fixed_keys_each_epoch_and_saves_a_loadable_model(folder, tm
     model, meta = checkpoint.load(tmp_path / "ck")
     assert meta["class_names"] == ["a", "b", "c"] and meta["image_size"] == 12 and meta["epoch"] == 2
     x = torch.zeros((5, 3, 12, 12), dtype=torch.uint8)
-    probs = checkpoint.predict(model, meta, x)
+    probs = inference.predict(model, meta, x)
     assert probs.shape == (5, 3) and torch.allclose(probs.sum(1), torch.ones(5))
 
 
 def test_learning_happens_on_separable_classes(folder, tmp_path):
     session = sessions.LocalSession()
-    train_loop.fit(config_for(folder, tmp_path, lr=0.01, epochs=6), session)
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=6), session)
     assert session.history[-1]["val_acc"] > 0.6  # 3 classes by brightness: chance is 1/3
 
 
 def test_diverging_loss_stops_the_trial(folder, tmp_path):
     with pytest.raises(train_loop.TrialDiverged, match="epoch 1"):
-        train_loop.fit(config_for(folder, tmp_path, lr=1e35, epochs=1), sessions.LocalSession())
+        train_loop.fit(*config_for(folder, tmp_path, lr=1e35, epochs=1), sessions.LocalSession())

@@ -4,7 +4,7 @@ Two stages, because they act at different places in the train loop:
 
 * `train_transform` works on ONE uint8 CHW image, before normalisation, so that the geometric
   and colour ops see pixels as they are stored, and the loop keeps feeding uint8 to
-  `checkpoint.normalize` unchanged.
+  `preprocess.normalize` unchanged.
 * `batch_mix` (mixup / cutmix) needs pairs of images and their labels, so it acts on a whole
   normalised float batch and turns the integer labels into soft labels (N×K). The loss then
   takes probability targets: `F.cross_entropy(logits, soft, label_smoothing=...)` accepts both.

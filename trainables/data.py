@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from trainables import cache_budget, image_cache
+from trainables.folder_walk import Walk, walk_classes
+from trainables.images import IMAGE_EXTENSIONS, DataError
+
 SPLITS = ("train", "val", "test")
 EMBEDDED = {"animal-mnist"}
 _ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-class DataError(ValueError):
-    """A data problem the user must fix; the message names the folder, class or file."""
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +60,7 @@ def materialize_animal_mnist(cache_dir: Path) -> Path:
 
     root = cache_dir / "animal-mnist-v1"
     if root.is_dir():
-        with contextlib.suppress(OSError):  # the marker older versions wrote; a read-only cache keeps it
+        with contextlib.suppress(OSError):  # `.complete`: an older layout's marker, unused; read-only caches keep it
             (root / ".complete").unlink(missing_ok=True)
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +119,6 @@ def _case_clashes(index_classes: list[str], root: Path) -> None:
 
 def scan(root: Path) -> DataIndex:
     """Index a folder of class subfolders, or a folder holding train/ val/ test/ class folders."""
-    from trainables.folder_walk import Walk, walk_classes
-
     walk = Walk()
     if all((root / s).is_dir() for s in SPLITS):
         per_split = {s: walk_classes(root / s, root, IMAGE_EXTENSIONS, Walk()) for s in SPLITS}
@@ -130,8 +127,10 @@ def scan(root: Path) -> DataIndex:
             walk.ignored += w.ignored
         names = {s: set(per_split[s].classes) for s in SPLITS}
         if not names["train"] == names["val"] == names["test"]:
-            diff = sorted((names["train"] | names["val"] | names["test"]) - (names["train"] & names["val"] & names["test"]))
-            raise DataError(f"{root}: train/ val/ test/ must hold the same class folders; these are not in all three: {diff}")
+            diff = sorted((names["train"] | names["val"] | names["test"])
+                          - (names["train"] & names["val"] & names["test"]))
+            raise DataError(f"{root}: train/ val/ test/ must hold the same class folders; "
+                            f"these are not in all three: {diff}")
         classes = sorted(names["train"])
         items = [Item(p, c, s) for s in SPLITS for c in classes for p in per_split[s].classes[c]]
         presplit = True
@@ -144,7 +143,8 @@ def scan(root: Path) -> DataIndex:
     index = DataIndex(root, classes, items, presplit, walk.other, ignored=walk.ignored)
     _verify_and_hash(index)
     if len(classes) < 2:
-        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2 (one subfolder of images per class)")
+        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; "
+                        "need at least 2 (one subfolder of images per class)")
     _check_classes_not_empty(index)
     return index
 
@@ -229,7 +229,8 @@ def resolve_conflicting_labels(index: DataIndex, mode: str = "drop") -> None:
     for it in index.items:
         groups[it.sha1].append(it)
     bad = {h for h, g in groups.items() if len({it.label for it in g}) > 1}
-    index.conflicting = [[(it.path, it.label) for it in groups[h]] for h in sorted(bad, key=lambda h: groups[h][0].path)]
+    index.conflicting = [[(it.path, it.label) for it in groups[h]]
+                         for h in sorted(bad, key=lambda h: groups[h][0].path)]
     index.conflicting_dropped = mode == "drop" and bool(bad)
     if index.conflicting_dropped:
         index.items = [it for it in index.items if it.sha1 not in bad]
@@ -332,8 +333,6 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
     """
     import torch
 
-    from trainables import cache_budget, image_cache
-
     lookup = {c: i for i, c in enumerate(classes)}
     try:
         arr = image_cache.open_or_build(root, [it.path for it in items], image_size,
@@ -342,25 +341,6 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
         raise DataError(str(e)) from None
     y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
     return torch.from_numpy(arr), y
-
-
-def open_rgb(path: str | Path, size: int):
-    """Any image as a size×size RGB PIL image, upright: EXIF orientation applied (phone photos),
-    16-bit scaled to 8, grayscale/palette/CMYK converted, alpha laid on white, first frame of
-    an animation."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # huge JPEGs decode at reduced scale, never at full size
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG/TIFF: 0..65535, not 0..255
-            arr = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray(np.clip(arr / 257.0, 0, 255).round().astype(np.uint8), "L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(canvas, im)
-        return im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
 def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | None = None,

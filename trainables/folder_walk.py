@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainables.images import DataError
+
 JUNK_FOLDERS = {"__MACOSX", "__pycache__", "@eaDir", "$RECYCLE.BIN", "System Volume Information"}
 
 
@@ -89,8 +91,6 @@ def walk_classes(folder: Path, root: Path, extensions: set[str], walk: Walk | No
     try:
         entries = _listed(folder)
     except OSError as e:
-        from trainables.data import DataError
-
         raise DataError(f"{folder}: cannot list the folder ({e.strerror})") from None
     kept = list(_kept(entries, root, walk))
     # class folders are walked once each, as classes: a link into one from another is not followed

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables import cache_budget
+from trainables.images import DataError, open_rgb
 
 CACHE_VERSION = 1  # bump when the decoding (resize filter, alpha handling) changes
 
@@ -64,8 +65,6 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
     Corrupt images were already dropped when the folder was scanned; one failing here changed
     since, and silently skipping it would shift every label after it.
     """
-    from trainables.data import DataError, open_rgb
-
     tmp = cache_budget.partial_name(dest)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size))
 

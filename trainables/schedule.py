@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule, gradual unfreezing and mixed precision, from `TrialParams`.
+"""Learning-rate schedule and gradual unfreezing, from `TrialParams`.
 
 Everything here changes once per epoch, not per step: ASHA compares trials and checkpoints are
 written at epoch boundaries, so a per-epoch LR makes a resumed trial continue exactly where it
@@ -6,33 +6,11 @@ stopped, whatever its batch size, with no step counter to save.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from trainables.params import TrialParams
-
-
-def make_optimizer(p: TrialParams, backbone_params, head_params) -> torch.optim.Optimizer:
-    """Two param groups, 'head' at lr and 'backbone' at lr × backbone_lr_mult (an empty one is left out).
-
-    Pass every backbone parameter, frozen ones included: a frozen parameter has no gradient
-    and the optimiser skips it, so gradual unfreezing needs no new optimiser. Each group keeps
-    its base LR in 'initial_lr' (saved with the optimiser state) for `EpochSchedule` to scale.
-    """
-    groups = []
-    for name, params, lr in (("head", head_params, p.lr), ("backbone", backbone_params, p.lr * p.backbone_lr_mult)):
-        params = list(params)
-        if params:
-            groups.append({"params": params, "lr": lr, "initial_lr": lr, "name": name})
-    if p.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=p.weight_decay)
-    if p.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=p.weight_decay)
-    if p.nesterov and p.momentum == 0:
-        raise ValueError("nesterov: Nesterov momentum needs momentum > 0, got momentum=0")
-    return torch.optim.SGD(groups, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay)
 
 
 class EpochSchedule:
@@ -126,10 +104,3 @@ def trainable_blocks(p: TrialParams, epoch: int, n_blocks: int) -> int:
     if p.unfreeze_every == 0:
         return target
     return min(target, (epoch - p.head_epochs - 1) // p.unfreeze_every + 1)
-
-
-def autocast(device: torch.device | str, enabled: bool):
-    """bf16 autocast on a GPU when enabled; a no-op elsewhere (CPU bf16 is slow and changes results)."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

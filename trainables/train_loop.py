@@ -1,10 +1,11 @@
-"""The per-trial train loop: a plain function of a config dict.
+"""The per-trial train loop: `fit(config, context, session)`.
 
-`fit(config, session)` trains one model and reports validation metrics and a checkpoint each
-epoch. The session (`trainables.sessions`) decides where reports go: a reused Tune trial actor,
-a Ray Train worker (DDP), or this process (the retrain of the best config). Everything a
-trial needs is in `config`: the knobs (see `trainables.params.TrialParams`) plus `config['run']`,
-the search-wide context (data, split file, metric, storage) that the search puts there.
+`fit` trains one model and reports validation metrics and a checkpoint each epoch. CONFIG is
+the trial's hyperparameters (`trainables.params.TrialParams`), CONTEXT what the whole search
+shares (`trainables.context.TrialContext`: data, objective, resources). The session
+(`trainables.sessions`) decides where reports go: a reused Tune trial actor, a Ray Train
+worker (DDP), or this process (the final model's refits). `fit` is three steps: `_setup`
+(data, model, optimiser), `_restore` (a checkpoint, the device, DDP) and `_epoch`, repeated.
 """
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import functools
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import augment, checkpoint, data, imbalance, metrics, models, schedule
+from trainables import augment, checkpoint, data, imbalance, metrics, models, optim, precision, preprocess, schedule
+from trainables.context import TrialContext
 from trainables.params import TrialParams
 from trainables.sessions import RayTrainSession
-
 
 DIVERGENCE_CHECK_STEPS = 20
 
@@ -45,12 +47,13 @@ class WorkerError(RuntimeError):
     to have finished reduction...`, survives into error.txt, trials.csv and the console."""
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Entry point of each Ray Train worker of a multi-worker (or `use_ray_train`) trial."""
-    cpus = config["run"].get("cpus_per_worker", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Entry point of each Ray Train worker of a multi-worker (or `use_ray_train`) trial:
+    LOOP_CONFIG is `{"config": hyperparameters, "context": TrialContext}`."""
+    context = loop_config["context"]
+    torch.set_num_threads(max(1, int(context.resources.cpus_per_worker)))
     try:
-        fit(config, RayTrainSession())
+        fit(loop_config["config"], context, RayTrainSession())
     except Exception as e:
         lines = str(e).strip().splitlines()
         raise WorkerError(f"{type(e).__name__}: {lines[0][:300] if lines else ''}") from e
@@ -62,124 +65,167 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(config: dict, session, train_splits=("train",), val_split: str | None = "val") -> dict:
+def fit(config: dict, context: TrialContext, session, train_splits=("train",), val_split: str | None = "val",
+        stop_after_epoch: int | None = None, lr_path: list | None = None) -> dict:
     """Train for params.epochs epochs, reporting after each; return the last report.
 
-    A refit sets `run.stop_after_epoch` (stop there, the LR schedule still planned over all
-    params.epochs) and `run.lr_path` (the trial's LRs, replayed epoch by epoch).
+    CONFIG holds the hyperparameters (`trainables.params.TrialParams`), CONTEXT the search-wide
+    rest (data, objective, resources). A refit of a trial gives STOP_AFTER_EPOCH (stop there,
+    the LR schedule still planned over all params.epochs) and LR_PATH (the trial's LRs,
+    replayed epoch by epoch).
 
     Epochs are 1-based and continue from a restored checkpoint, so that ASHA (which counts
     `epoch`) and the curves stay right when Ray retries or resumes a trial. With several
     workers each trains on an equal share of every epoch's batches (DDP), and the reported
     losses and metrics are sums over all workers: every rank reports the same row.
     """
-    run = config["run"]
-    params = TrialParams.model_validate({k: v for k, v in config.items() if k != "run"})
-    p = params.model_dump()
-    classes = run["class_names"]
-    _seed_everything(params.seed + session.rank)
-
-    rows = data.read_split(run["split_file"], tuple(train_splits) + ((val_split,) if val_split else ()))
-    load = functools.partial(data.load_images, run["data_root"], classes=classes, image_size=params.image_size,
-                             cache_dir=run.get("cache_dir"), cache_max_gb=run.get("cache_max_gb"))
-    x_train, y_train = load([r for r in rows if r.split in train_splits])
-    val = load([r for r in rows if r.split == val_split]) if val_split else None
-
-    meta = {
-        "arch": params.model, "params": p, "num_classes": len(classes), "class_names": classes,
-        "image_size": params.image_size, **models.preprocessing(p), "objective": run.get("metric", "val_acc"),
-    }
-    model = models.build(p, len(classes))
-    backbone_params, head_params = models.param_groups(model)
-    opt = schedule.make_optimizer(params, backbone_params, head_params)
-    lr_schedule = schedule.EpochSchedule(params, opt, replay=run.get("lr_path"))
-    stopper = EarlyStop(params.early_stop_patience if val_split else 0)  # a retrain runs its chosen epochs
-    start = _restore(session, model, opt, lr_schedule, stopper)
-    device = session.device
-    nhwc = models.prefers_channels_last(params.model, device)
-    if nhwc:
-        model = model.to(memory_format=torch.channels_last)
-    freezing = Freezing(params, model)
-    freezing.apply(model, start)  # before DDP wraps the model: it fixes the set of trained parameters
-    model = session.prepare_model(model)
-    step_fn = _compiled(model) if run.get("compile") else model
-    amp = params.mixed_precision and device.type == "cuda"
-    normalize = checkpoint.Normalizer(meta, device)
-
-    objective, mode = (run.get("metric", "val_acc"), run.get("mode", "max")) if val is not None else ("train_loss", "min")
-    batches = Batches(x_train, y_train, params, classes, device, run.get("loader_workers", 0),
-                      shard=(session.rank, session.world_size))
-    loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
-    loss_weight = loss_weight.to(device) if loss_weight is not None else None
-    mix = augment.batch_mix(params, len(classes))
-
+    t = _setup(TrialParams.model_validate(config), context, session, train_splits, val_split, lr_path)
     last: dict = {}
     try:
-        for epoch in range(start, min(params.epochs, run.get("stop_after_epoch") or params.epochs) + 1):
-            if freezing.apply(checkpoint.unwrap(model), epoch) and session.world_size > 1:
-                model = session.prepare_model(checkpoint.unwrap(model))  # DDP again, for the new trained set
-                step_fn = _compiled(model) if run.get("compile") else model
-            session.epoch_started()
-            lr_schedule.set_epoch(epoch)
-            models.set_train_mode(model)
-            total, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
-            trainable = [q for q in model.parameters() if q.requires_grad]
-            step = 0
-            for step, (xb, yb) in enumerate(batches.epoch(), 1):
-                x = normalize(xb)
-                if nhwc:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target = yb
-                if mix is not None and len(yb) > 1:
-                    x, target = mix(x, yb)
-                with schedule.autocast(device, amp):
-                    logits = step_fn(x)
-                loss = F.cross_entropy(logits.float(), target, weight=loss_weight,
-                                       label_smoothing=params.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if params.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-                opt.step()
-                total += loss.detach() * len(yb)
-                seen += len(yb)
-                if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
-                    # summed over the ranks, so that all of them stop at the same step
-                    _check_finite(float(session.all_sum(total.detach().clone())), epoch, step, params)
-            elapsed = time.perf_counter() - started
-            sums = session.all_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
-            train_loss = float(sums[0]) / max(1.0, float(sums[1]))
-            _check_finite(train_loss, epoch, step, params)
-            row = {"epoch": epoch, "train_loss": train_loss,
-                   "train_images_per_s": float(sums[1]) / max(1e-9, elapsed), "lr": opt.param_groups[0]["lr"]}
-            if freezing.n_blocks:
-                row["trainable_blocks"] = freezing.blocks
-            if val is not None:
-                # the bare model, with rank 0's buffers: a DDP forward would sync them itself, in a
-                # collective that a rank with no val images would never join
-                session.sync_buffers(checkpoint.unwrap(model))
-                row.update(evaluate(checkpoint.unwrap(model), meta, *val, device=device, amp=amp, session=session))
-            row["epoch_of"] = params.epochs
-            lr_schedule.after_epoch(epoch, row[objective], mode)
-            stop = stopper.update(row[objective], mode)
-            if stop:
-                row["early_stopped"] = True  # ended by its own patience, not by ASHA: a completed trial
+        for epoch in range(_restore(session, t), min(t.params.epochs, stop_after_epoch or t.params.epochs) + 1):
+            row = _epoch(t, session, epoch)
 
             def save(d, epoch=epoch, row=row):
-                checkpoint.save(d, model, {**meta, "epoch": epoch, "metrics": row},
-                                {"optimizer": opt.state_dict(), "epoch": epoch, "schedule": lr_schedule.state_dict(),
-                                 "early_stop": stopper.state_dict()})
+                checkpoint.save(d, t.model, {**t.meta, "epoch": epoch, "metrics": row},
+                                {"optimizer": t.opt.state_dict(), "epoch": epoch,
+                                 "schedule": t.lr_schedule.state_dict(), "early_stop": t.stopper.state_dict()})
 
             session.report(row, save)
             last = row
-            if stop:  # the trial ends here as completed; Tune and ASHA see its last report
+            if row.get("early_stopped"):  # the trial ends here as completed; Tune and ASHA see its last report
                 break
     finally:
-        batches.close()  # DataLoader worker processes must not outlive the trial in a reused actor
+        t.batches.close()  # DataLoader worker processes must not outlive the trial in a reused actor
     return last
 
 
-def _restore(session, model, opt, lr_schedule, stopper) -> int:
+@dataclass
+class _Trial:
+    """One trial's model, optimiser and data, as `_setup` made them and its epochs change them."""
+
+    params: TrialParams
+    meta: dict
+    model: torch.nn.Module
+    step_fn: object
+    opt: torch.optim.Optimizer
+    lr_schedule: schedule.EpochSchedule
+    stopper: "EarlyStop"
+    freezing: "Freezing"
+    batches: "Batches"
+    val: tuple | None
+    objective: tuple[str, str]
+    loss_weight: torch.Tensor | None
+    mix: object
+    normalize: preprocess.Normalizer
+    nhwc: bool
+    amp: bool
+    compile: bool
+
+
+def _setup(params: TrialParams, context: TrialContext, session, train_splits, val_split, lr_path) -> _Trial:
+    """Load the trial's images (from the decoded cache) and build its model, optimiser and schedule."""
+    p = params.model_dump()
+    classes = list(context.class_names)
+    _seed_everything(params.seed + session.rank)
+    rows = data.read_split(context.split_file, tuple(train_splits) + ((val_split,) if val_split else ()))
+    load = functools.partial(data.load_images, context.data_root, classes=classes, image_size=params.image_size,
+                             cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
+    x_train, y_train = load([r for r in rows if r.split in train_splits])
+    meta = {"arch": params.model, "params": p, "num_classes": len(classes), "class_names": classes,
+            "image_size": params.image_size, **preprocess.resolve(p), "objective": context.metric}
+    model = models.build(p, len(classes))
+    backbone_params, head_params = models.param_groups(model)
+    opt = optim.make_optimizer(params, backbone_params, head_params)
+    loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
+    return _Trial(
+        params=params, meta=meta, model=model, step_fn=model, opt=opt,
+        lr_schedule=schedule.EpochSchedule(params, opt, replay=lr_path),
+        stopper=EarlyStop(params.early_stop_patience if val_split else 0),  # a retrain runs its chosen epochs
+        freezing=Freezing(params, model),
+        batches=Batches(x_train, y_train, params, classes, session.device, context.resources.loader_workers,
+                        shard=(session.rank, session.world_size)),
+        val=load([r for r in rows if r.split == val_split]) if val_split else None,
+        objective=(context.metric, context.mode) if val_split else ("train_loss", "min"),
+        loss_weight=loss_weight.to(session.device) if loss_weight is not None else None,
+        mix=augment.batch_mix(params, len(classes)), normalize=preprocess.Normalizer(meta, session.device),
+        nhwc=models.prefers_channels_last(params.model, session.device),
+        amp=params.mixed_precision and session.device.type == "cuda", compile=context.resources.compile)
+
+
+def _restore(session, t: _Trial) -> int:
+    """Restore the session's checkpoint, if any, then put the model on the device and wrap it
+    for the session; the first epoch to run."""
+    start = _load_checkpoint(session, t.model, t.opt, t.lr_schedule, t.stopper)
+    if t.nhwc:
+        t.model = t.model.to(memory_format=torch.channels_last)
+    t.freezing.apply(t.model, start)  # before DDP wraps the model: it fixes the set of trained parameters
+    _wrap(session, t, t.model)
+    return start
+
+
+def _wrap(session, t: _Trial, bare) -> None:
+    t.model = session.prepare_model(bare)
+    t.step_fn = _compiled(t.model) if t.compile else t.model
+
+
+def _epoch(t: _Trial, session, epoch: int) -> dict:
+    """Train one epoch, evaluate, step the LR schedule and early stopping; the epoch's report."""
+    if t.freezing.apply(checkpoint.unwrap(t.model), epoch) and session.world_size > 1:
+        _wrap(session, t, checkpoint.unwrap(t.model))  # DDP again, for the new trained set
+    session.epoch_started()
+    t.lr_schedule.set_epoch(epoch)
+    models.set_train_mode(t.model)
+    row = {"epoch": epoch, **_train_steps(t, session, epoch), "lr": t.opt.param_groups[0]["lr"]}
+    if t.freezing.n_blocks:
+        row["trainable_blocks"] = t.freezing.blocks
+    if t.val is not None:
+        # the bare model, with rank 0's buffers: a DDP forward would sync them itself, in a
+        # collective that a rank with no val images would never join
+        session.sync_buffers(checkpoint.unwrap(t.model))
+        row.update(evaluate(checkpoint.unwrap(t.model), t.meta, *t.val, device=session.device, amp=t.amp,
+                            session=session))
+    row["epoch_of"] = t.params.epochs
+    objective, mode = t.objective
+    t.lr_schedule.after_epoch(epoch, row[objective], mode)
+    if t.stopper.update(row[objective], mode):
+        row["early_stopped"] = True  # ended by its own patience, not by ASHA: a completed trial
+    return row
+
+
+def _train_steps(t: _Trial, session, epoch: int) -> dict:
+    """One pass over the epoch's batches; the training loss and images/s summed over the workers."""
+    device, params = session.device, t.params
+    total, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
+    trainable = [q for q in t.model.parameters() if q.requires_grad]
+    step = 0
+    for step, (xb, yb) in enumerate(t.batches.epoch(), 1):
+        x = t.normalize(xb)
+        if t.nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = yb
+        if t.mix is not None and len(yb) > 1:
+            x, target = t.mix(x, yb)
+        with precision.autocast(device, t.amp):
+            logits = t.step_fn(x)
+        loss = F.cross_entropy(logits.float(), target, weight=t.loss_weight, label_smoothing=params.label_smoothing)
+        t.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if params.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        t.opt.step()
+        total += loss.detach() * len(yb)
+        seen += len(yb)
+        if step % DIVERGENCE_CHECK_STEPS == 0:  # a sync every N steps, not every step
+            # summed over the ranks, so that all of them stop at the same step
+            _check_finite(float(session.all_sum(total.detach().clone())), epoch, step, params)
+    elapsed = time.perf_counter() - started
+    sums = session.all_sum(torch.stack([total.float(), torch.tensor(float(seen), device=device)]))
+    train_loss = float(sums[0]) / max(1.0, float(sums[1]))
+    _check_finite(train_loss, epoch, step, params)
+    return {"train_loss": train_loss, "train_images_per_s": float(sums[1]) / max(1e-9, elapsed)}
+
+
+def _load_checkpoint(session, model, opt, lr_schedule, stopper) -> int:
     """Load the session's checkpoint, if any, into the model and training state; the first epoch to run."""
     with session.restored() as restored:
         if not restored:
@@ -189,7 +235,7 @@ def _restore(session, model, opt, lr_schedule, stopper) -> int:
     if not state:
         return 1
     opt.load_state_dict(state["optimizer"])
-    if "schedule" in state:  # checkpoints from before the schedules have none
+    if "schedule" in state:  # absent from an older checkpoint: its schedules start afresh
         lr_schedule.load_state_dict(state["schedule"])
         stopper.load_state_dict(state["early_stop"])
     return state["epoch"] + 1
@@ -219,7 +265,7 @@ class Freezing:
 
 
 def _is_pretrained(params: TrialParams) -> bool:
-    return params.model != "cnn" and params.pretrained is not False
+    return models.can_be_pretrained(params.model) and params.pretrained is not False
 
 
 def _compiled(model):
@@ -350,14 +396,14 @@ def evaluate(model, meta: dict, x, y, device="cpu", batch_size: int = 256, prefi
     rank, world = (session.rank, session.world_size) if session is not None else (0, 1)
     x, y = x[rank::world], y[rank::world]
     k = meta["num_classes"]
-    normalize = checkpoint.Normalizer(meta, device)
+    normalize = preprocess.Normalizer(meta, device)
     cm = torch.zeros((k, k), dtype=torch.long, device=device)
     loss = torch.zeros((), device=device)
     probs = []
     for i in range(0, len(x), batch_size):
         xb = normalize(x[i:i + batch_size].to(device))
         yb = y[i:i + batch_size].to(device)
-        with schedule.autocast(torch.device(device), amp):
+        with precision.autocast(torch.device(device), amp):
             logits = model(xb).float()
         loss += F.cross_entropy(logits, yb, reduction="sum")
         cm += metrics.confusion(yb, logits.argmax(1), k)

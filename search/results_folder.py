@@ -1,9 +1,15 @@
-"""Read a finished (or interrupted) search's results folder into one table of trials.
+"""A search's results folder, as the search writes it and everything after reads it.
 
-Works offline, with no Ray cluster, and reads plain files only (JSON, CSV): `search.tune_files`
-reads Tune's trial records without unpickling anything, and `search.json` (written by the search)
-says which metric, mode and knobs the search used. A results folder received from someone else
-can be ranked, reported and retrained safely; only `--resume` loads Tune's pickled state.
+The folder's layout and state belong to the search: its `search.json` (written by
+`search.run.write_inputs` before the first trial: metric, mode, knobs and their Optuna
+distributions, ASHA's settings, the data's split; see `read_search_info`), and Tune's trial
+records, read as plain JSON and CSV by `search.tune_files`, never unpickled. From those, this
+module says where a search stands (`search_state`, for `--resume`), why a trial failed
+(`classify_failure`, also for the live progress lines), and builds the one table of trials
+(`trials_table`, `trials.csv`) and its leaderboard that the search prints at its end and that
+`analysis` ranks, reports and retrains from. It works offline, with no Ray cluster, so a
+results folder received from someone else can be read safely; only `--resume` loads Tune's
+pickled state.
 """
 from __future__ import annotations
 
@@ -105,7 +111,6 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
     for t in _read_trials(results_dir):
         df = t.reports
         row = {"trial_id": t.trial_id}
-        knobs = {k: v for k, v in t.config.items() if k != "run"}
         failed = _failure(t) if t.status == "ERROR" else None
         if df.empty or metric not in df or "epoch" not in df:
             row.update(status=failed[0] if failed else "unfinished" if t.status != "TERMINATED" else "no results",
@@ -128,7 +133,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                 checkpoint=_checkpoint_of(df.loc[best_i], str(t.path)),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")
-        row.update(knobs)
+        row.update(t.config)  # the trial's hyperparameters
         row["trial_dir"] = str(t.path)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -161,10 +166,6 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
     return board[board[col].notna()]
 
 
-def best_trial(results_dir: str | Path) -> pd.Series:
-    return ranked_with_results(results_dir, read_search_info(results_dir)).iloc[0]
-
-
 def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     metric = info["metric"]
     knobs = [k for k in info["knobs"] if k in board]
@@ -173,3 +174,13 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     shown = board[cols].head(top).copy()
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         return shown.to_string(index=False, na_rep="-")
+
+
+def knob_distributions(info: dict) -> dict | None:
+    """Each searched knob's Optuna distribution, as `search.json` records it (from
+    `search.study.distributions`); None when search.json has none (an older results folder)."""
+    if "distributions" not in info:
+        return None
+    from optuna.distributions import json_to_distribution
+
+    return {k: json_to_distribution(json.dumps(d)) for k, d in info["distributions"].items()}

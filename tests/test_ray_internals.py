@@ -1,5 +1,5 @@
-"""The Ray behaviour search/ray_compat.py relies on, against the installed Ray and Optuna: an
-upgrade that changes it fails here. (The controller skipping `on_trial_result` for a trial's
+"""The Ray internals `ray_internals` relies on, against the installed Ray and Optuna: an upgrade
+that removes or changes one fails here. (The controller skipping `on_trial_result` for a trial's
 last result is checked end to end: tests/test_end_to_end.py wants every epoch in the study.)"""
 from __future__ import annotations
 
@@ -8,14 +8,47 @@ from optuna.trial import TrialState
 
 from search import study as study_mod
 from search.optuna_space import YamlSpace
-from search.ray_compat import EpochOptunaSearch, study_of
+from trainables import ray_internals
+from trainables.ray_internals import EpochOptunaSearch, study_of
+
+
+@pytest.mark.timeout(120)
+def test_every_hook_the_project_relies_on_is_in_the_installed_ray():
+    assert ray_internals.missing_hooks() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_removed_hook_is_reported_by_name(monkeypatch):
+    """What an upgrade that drops a hook looks like: each one removed here is named."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    monkeypatch.delattr(DataParallelTrainer, "_create_default_callbacks")
+
+    def init_without_the_queue(self):
+        self.queue = None
+
+    monkeypatch.setattr(TuneReportCallback, "__init__", init_without_the_queue)
+    real_init = OptunaSearch.__init__
+
+    def init_then_rename(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._completed = self.__dict__.pop("_completed_trials")
+
+    monkeypatch.setattr(OptunaSearch, "__init__", init_then_rename)
+    assert ray_internals.missing_hooks() == [
+        "DataParallelTrainer._create_default_callbacks adds a DatasetsCallback",
+        "TuneReportCallback._training_actor_item_queue",
+        "OptunaSearch._ot_trials, _ot_study, _completed_trials",
+    ]
 
 KNOBS = {"lr": {"kind": "float", "low": 1e-4, "high": 1e-1, "log": True, "step": None, "when": {}},
          "epochs": {"kind": "const", "value": 3, "when": {}}}
 
 
 def _searcher(tmp_path):
-    return EpochOptunaSearch(YamlSpace(KNOBS, {"data_root": "x"}), metric="val_acc", mode="max",
+    return EpochOptunaSearch(YamlSpace(KNOBS), metric="val_acc", mode="max",
                              study_name="s", storage=study_mod.storage(tmp_path))
 
 
@@ -36,7 +69,7 @@ def test_optuna_search_keeps_the_private_state_the_subclass_uses(tmp_path):
     s = _searcher(tmp_path)
     assert s._ot_trials == {} and s._completed_trials == set() and study_of(s) is s._ot_study
     config = s.suggest("a")
-    assert 1e-4 <= config["lr"] <= 1e-1 and config["epochs"] == 3 and config["run"] == {"data_root": "x"}
+    assert 1e-4 <= config["lr"] <= 1e-1 and config["epochs"] == 3 and set(config) == {"lr", "epochs"}
     assert "a" in s._ot_trials
 
 

@@ -1,0 +1,58 @@
+"""`TrialContext`: what every trial of a search needs besides its hyperparameters.
+
+The data (root, split file, classes), the objective, where a multi-worker trial's Ray Train runs
+keep their checkpoints, and the resources each trial runs with. The search builds it once
+(`search.run.trial_context`), saves it as `context.json` in the results folder, and hands it to
+its trials through `tune.with_parameters`: the sampler, `params.json` and trials.csv hold
+hyperparameters only. `analysis.retrain` and the bench scripts read or build the same object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CONTEXT_FILE = "context.json"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial runs on (the space's `resources:`)."""
+
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    loader_workers: int
+    compile: bool
+    use_ray_train: bool
+
+    @property
+    def ray_train(self) -> bool:
+        """Whether the trial fits a Ray Train TorchTrainer (DDP), else trains in its own Tune actor."""
+        return self.workers_per_trial > 1 or self.use_ray_train
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    data_root: str
+    split_file: str
+    class_names: tuple[str, ...]
+    metric: str
+    mode: str
+    cache_dir: str
+    cache_max_gb: float | None
+    train_storage: str  # Ray Train runs of TorchTrainer trials, each named after its Tune trial
+    keep_checkpoints: int
+    max_failures: int
+    resources: Resources
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONTEXT_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrialContext":
+        raw = json.loads((Path(folder) / CONTEXT_FILE).read_text())
+        return cls(**{**raw, "class_names": tuple(raw["class_names"]), "resources": Resources(**raw["resources"])})
