@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 
 from search import results_folder
-from trainables.context import TrialContext
 
 MAX_CURVES = 5  # top trials drawn in the learning-curve plot
 WRONG_SHOWN = 12  # misclassified validation images shown
@@ -298,10 +297,10 @@ def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
     from trainables.train_loop import evaluate
 
     model, meta = checkpoint.load(best["checkpoint"])
-    context = TrialContext.load(results_dir)  # the search's own image cache, not a second one
+    context = results_folder.read_context(results_dir)
     items = data.read_split(context.split_file, ("val",))
     x, y = data.load_images(context.data_root, items, meta["class_names"], meta["image_size"],
-                            cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
+                            cache_dir=context.local_cache_dir(), cache_max_gb=context.cache_max_gb)
     out = evaluate(model, meta, x, y, with_confusion=True, with_probs=True)
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
     conf, pred = out.pop("probs").max(1)

@@ -1,9 +1,9 @@
 """The YAML space as an Optuna define-by-run function.
 
 Define-by-run lets a knob be sampled only when it applies (`when:`), so TPE never learns
-from a value that had no effect. It is a module-level class holding plain data, not a
-closure, because Tune pickles the searcher (and with it this object) in every experiment
-checkpoint.
+from a value that had no effect. It is a module-level class holding the knobs and their Optuna
+distributions, not a closure, because Tune pickles the searcher (and with it this object) in
+every experiment checkpoint.
 """
 from __future__ import annotations
 

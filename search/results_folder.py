@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from search import tune_files
+from trainables.context import CONTEXT_FILE, TrialContext
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.csv"
@@ -90,6 +91,15 @@ def _read_trials(results_dir: Path) -> list[tune_files.TrialRecord]:
     except (OSError, ValueError, KeyError, TypeError) as e:  # no state yet, or a damaged one
         raise ResultsError(f"{results_dir}: no readable Tune experiment state "
                            f"({type(e).__name__}: {e})") from None
+
+
+def read_context(results_dir: str | Path) -> TrialContext:
+    """The TrialContext the search gave its trials (its data, objective and resources)."""
+    if not (Path(results_dir) / CONTEXT_FILE).is_file():
+        raise ResultsError(f"{results_dir}: no {CONTEXT_FILE}; this results folder was written by an earlier "
+                           "version of hpo-finetune, which analysis.retrain, analysis.report and --resume no "
+                           "longer read: run the search again")
+    return TrialContext.load(results_dir)
 
 
 def search_state(results_dir: str | Path) -> dict | None:

@@ -185,6 +185,11 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
                                    f"{state['num_samples']} trials finished); {hint}")
     if args.resume and not state:
         raise space_mod.SpaceError(f"--resume: {exp_dir} holds no search to resume")
+    if args.resume:
+        try:
+            results_folder.read_context(exp_dir)  # before Ray starts
+        except results_folder.ResultsError as e:
+            raise space_mod.SpaceError(f"--resume: {e}") from None
     return exp_dir, state
 
 
@@ -252,7 +257,7 @@ def run_search(args, spec, name: str, index):
     info = (results_folder.read_search_info(exp_dir) if args.resume
             else write_inputs(exp_dir, spec, index, name, args.study_storage))
     if args.resume:
-        context = TrialContext.load(exp_dir)
+        context = results_folder.read_context(exp_dir)
     else:
         context = trial_context(spec, index.root, index.classes, exp_dir / "split.csv", exp_dir)
         context.save(exp_dir)
@@ -299,8 +304,8 @@ def _concurrency(args, spec, cluster: dict) -> int:
 
 def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp_dir: Path) -> TrialContext:
     """What every trial of this search gets besides its hyperparameters. The one builder: the
-    search saves it in the results folder (resume and analysis.retrain read it), and the bench
-    scripts call it too."""
+    search saves it in the results folder (--resume, analysis.retrain and analysis.report read
+    it), and the bench scripts call it too."""
     return TrialContext(
         data_root=str(data_root), split_file=str(split_file), class_names=tuple(class_names),
         metric=spec.search.metric, mode=spec.search.mode,
@@ -320,7 +325,7 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
               "continue from their last checkpoint", flush=True)
         # trials keep the runtime and resources they started with (the saved context says so)
         if context.resources != tuner_mod.resources(spec):
-            print(f"note: resuming with the resources the search started with ({exp_dir / 'space.yaml'}), "
+            print(f"note: resuming with the resources the search started with ({exp_dir / 'context.json'}), "
                   f"not {args.space}'s", flush=True)
         return tuner_mod.restore(exp_dir, context)
     callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]

@@ -386,7 +386,8 @@ def _check_pretrained_models(path: Path, models_: list, conds: list | None) -> N
 
 # knob -> (the knob it depends on, the values of that knob where it has an effect). The `cnn_*`
 # knobs are the CNN's own (trainables.models.OWN_MODELS); its name is written here rather than
-# asked of the registry so that loading a space does not import torch.
+# asked of the registry because this table is built when the module is imported, and importing
+# search.space must not import torch.
 APPLIES_WHEN = {
     **{n: ("model", ["cnn"]) for n in KNOBS if n.startswith("cnn_")},
     "momentum": ("optimizer", ["sgd"]), "nesterov": ("optimizer", ["sgd"]),

@@ -71,13 +71,16 @@ def read_reports(trial_dir: Path) -> pd.DataFrame:
 
 
 def read_config(trial_dir: Path, fallback) -> dict:
+    """A trial's hyperparameters (an earlier version also kept the search's context there, under
+    "run": left out)."""
+    config = fallback if isinstance(fallback, dict) else {}
     p = trial_dir / PARAMS_FILE
     if p.is_file():
         try:
-            return json.loads(p.read_text())
+            config = json.loads(p.read_text())
         except json.JSONDecodeError:
             pass
-    return fallback if isinstance(fallback, dict) else {}
+    return {k: v for k, v in config.items() if k != "run"}
 
 
 def read_trials(results_dir: str | Path) -> list[TrialRecord]:

@@ -260,3 +260,20 @@ def test_analysis_never_unpickles_a_received_results_folder(searched, tmp_path, 
     with contextlib.suppress(Exception):
         tune.ExperimentAnalysis(str(exp))
     assert marker.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_results_folder_without_its_context_is_one_line(searched, tmp_path, capsys):
+    """A folder an earlier version wrote (no context.json): ranked as before; report, retrain
+    and --resume say why they cannot read it, in one line, before Ray starts."""
+    exp = tmp_path / "old" / "e2e"
+    shutil.copytree(searched[0], exp, ignore=shutil.ignore_patterns("retrained", "report.html"))
+    (exp / "context.json").unlink()
+    assert rank.main([str(exp)]) == 0
+    capsys.readouterr()
+    for status in (analysis_report.main([str(exp)]), retrain.main([str(exp), "--out", str(tmp_path / "final")]),
+                   run.main([str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e",
+                             "--resume"])):
+        assert status == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "no context.json" in line and "earlier version" in line, line

@@ -139,3 +139,16 @@ def test_warm_start_keeps_only_values_the_new_space_can_sample(tmp_path):
     added, dropped = study_mod.warm_start(new, old, dists)
     assert added == 3 and dropped == ["cnn_width", "lr"]  # 0.5 is out of range; 20 is off the step
     assert [t.params for t in new.trials] == [{"lr": 0.01, "cnn_width": 16}, {"cnn_width": 24}, {"lr": 0.02}]
+
+
+@pytest.mark.timeout(120)
+def test_reading_results_does_not_import_ray_tune_or_optuna():
+    """The searcher class is made on first use: a Train worker, or `analysis.rank` reading a
+    folder, does not pay for importing Ray Tune and Optuna."""
+    import subprocess
+    import sys
+
+    code = ("import sys, search.tune_files, trainables.driver, trainables.ray_internals; "
+            "print(sorted(m for m in ('ray.tune', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=True)
+    assert out.stdout.strip() == "[]"

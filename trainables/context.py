@@ -4,12 +4,14 @@ The data (root, split file, classes), the objective, where a multi-worker trial'
 keep their checkpoints, and the resources each trial runs with. The search builds it once
 (`search.run.trial_context`), saves it as `context.json` in the results folder, and hands it to
 its trials through `tune.with_parameters`: the sampler, `params.json` and trials.csv hold
-hyperparameters only. `analysis.retrain` and the bench scripts read or build the same object.
+hyperparameters only. `--resume`, `analysis.retrain` and `analysis.report` read it back
+(`search.results_folder.read_context`); the bench scripts build it with the same function.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,15 @@ class TrialContext:
     keep_checkpoints: int
     max_failures: int
     resources: Resources
+
+    def local_cache_dir(self) -> str | None:
+        """The search's image cache, where this machine can use it (analysis of a results folder
+        from another machine decodes into its own default cache instead: None)."""
+        try:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return self.cache_dir if os.access(self.cache_dir, os.W_OK) else None
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONTEXT_FILE

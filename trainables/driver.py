@@ -1,9 +1,8 @@
 """A Tune trial is `run_trial(config, context)`: it trains one configuration in one of two runtimes.
 
 CONFIG holds the trial's hyperparameters, CONTEXT (`trainables.context.TrialContext`, given by
-`tune.with_parameters`) what the whole search shares. This is the one module of `trainables`
-that knows about Tune and Train; the train loop only sees a session.
-
+`tune.with_parameters`) what the whole search shares. This module picks the runtime and
+starts it; the train loop only sees a session (`trainables.sessions`).
 
 - **A reused Tune actor** (single-worker trials, the default): `fit` runs right here, in the
   Tune trial's own Ray worker process, reporting with `ray.tune.report`. Tune reuses the

@@ -21,8 +21,6 @@ import os
 import socket
 import time
 
-from ray.tune.search.optuna import OptunaSearch
-
 logger = logging.getLogger(__name__)
 
 # ---- settings, by environment variable ----------------------------------------------------
@@ -144,61 +142,78 @@ def hand_over_report_callback():
 
 # ---- the searcher ---------------------------------------------------------------------------
 
-class EpochOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports per epoch and tells ASHA-stopped trials to Optuna as PRUNED.
+def _epoch_optuna_search_class():
+    """Defined on first use (see `__getattr__`): importing this module must not import Ray Tune
+    and Optuna, which the trials' workers and the analysis commands never need."""
+    from ray.tune.search.optuna import OptunaSearch
 
-    Ray's `OptunaSearch` tells Optuna every trial that ends without an error as COMPLETE with
-    its last score, ASHA-stopped ones included (its states since ray-project/ray#15283), and
-    reports intermediate values by `training_iteration`; the result on which a trial stops
-    reaches only `on_trial_complete` (Tune's controller skips `on_trial_result` for it). This
-    subclass reports each epoch at step = `epoch`, ends an ASHA-stopped trial (fewer epochs than
-    it planned) as PRUNED, so that TPE treats it as one of Optuna's own pruned trials, and a
-    completed trial (all its epochs, or stopped by its own early-stop patience) as COMPLETE with
-    its best score (the one its kept checkpoint has). It uses OptunaSearch's private
-    `_ot_trials`, `_ot_study` and `_completed_trials`."""
+    class EpochOptunaSearch(OptunaSearch):
+        """OptunaSearch that reports per epoch and tells ASHA-stopped trials to Optuna as PRUNED.
 
-    def _reported(self, trial_id: str) -> dict[int, float]:
-        """Epoch → value told to Optuna so far (kept in the searcher, so it survives a resume)."""
-        if not hasattr(self, "_epochs"):
-            self._epochs: dict[str, dict[int, float]] = {}
-        return self._epochs.setdefault(trial_id, {})
+        Ray's `OptunaSearch` tells Optuna every trial that ends without an error as COMPLETE with
+        its last score, ASHA-stopped ones included (its states since ray-project/ray#15283), and
+        reports intermediate values by `training_iteration`; the result on which a trial stops
+        reaches only `on_trial_complete` (Tune's controller skips `on_trial_result` for it). This
+        subclass reports each epoch at step = `epoch`, ends an ASHA-stopped trial (fewer epochs than
+        it planned) as PRUNED, so that TPE treats it as one of Optuna's own pruned trials, and a
+        completed trial (all its epochs, or stopped by its own early-stop patience) as COMPLETE with
+        its best score (the one its kept checkpoint has). It uses OptunaSearch's private
+        `_ot_trials`, `_ot_study` and `_completed_trials`."""
 
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:  # the dashboard's trial names the trial folder
-            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
-        return config
+        def _reported(self, trial_id: str) -> dict[int, float]:
+            """Epoch → value told to Optuna so far (kept in the searcher, so it survives a resume)."""
+            if not hasattr(self, "_epochs"):
+                self._epochs: dict[str, dict[int, float]] = {}
+            return self._epochs.setdefault(trial_id, {})
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        value, epoch = result.get(self.metric), result.get("epoch")
-        if value is None or epoch is None or not math.isfinite(value):
-            return
-        reported = self._reported(trial_id)
-        if int(epoch) not in reported:  # an epoch redone after a restore is not reported twice
-            reported[int(epoch)] = float(value)
-            _guarded(self._ot_trials[trial_id].report, float(value), int(epoch))
+        def suggest(self, trial_id: str) -> dict | None:
+            config = super().suggest(trial_id)
+            if trial_id in self._ot_trials:  # the dashboard's trial names the trial folder
+                self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+            return config
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        from optuna.trial import TrialState
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            value, epoch = result.get(self.metric), result.get("epoch")
+            if value is None or epoch is None or not math.isfinite(value):
+                return
+            reported = self._reported(trial_id)
+            if int(epoch) not in reported:  # an epoch redone after a restore is not reported twice
+                reported[int(epoch)] = float(value)
+                _guarded(self._ot_trials[trial_id].report, float(value), int(epoch))
 
-        if result:  # Tune hands the last epoch (the one ASHA stopped at, or the final one) only here
-            self.on_trial_result(trial_id, result)
-        trial, reported = self._ot_trials[trial_id], self._reported(trial_id)
-        # fewer epochs than planned: ASHA stopped it, unless its own early-stop patience did
-        stopped = bool(result) and result.get("epoch", 0) < result.get("epoch_of", 0) \
-            and not result.get("early_stopped")
-        if error or not reported:
-            _guarded(self._ot_study.tell, trial, state=TrialState.FAIL)
-        elif stopped:  # Optuna takes its last intermediate value
-            _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
-        else:
-            best = max(reported.values()) if self.mode == "max" else min(reported.values())
-            _guarded(self._ot_study.tell, trial, best, state=TrialState.COMPLETE)
-        self._completed_trials.add(trial_id)
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            from optuna.trial import TrialState
+
+            if result:  # Tune hands the last epoch (the one ASHA stopped at, or the final one) only here
+                self.on_trial_result(trial_id, result)
+            trial, reported = self._ot_trials[trial_id], self._reported(trial_id)
+            # fewer epochs than planned: ASHA stopped it, unless its own early-stop patience did
+            stopped = bool(result) and result.get("epoch", 0) < result.get("epoch_of", 0) \
+                and not result.get("early_stopped")
+            if error or not reported:
+                _guarded(self._ot_study.tell, trial, state=TrialState.FAIL)
+            elif stopped:  # Optuna takes its last intermediate value
+                _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
+            else:
+                best = max(reported.values()) if self.mode == "max" else min(reported.values())
+                _guarded(self._ot_study.tell, trial, best, state=TrialState.COMPLETE)
+            self._completed_trials.add(trial_id)
+
+    EpochOptunaSearch.__module__, EpochOptunaSearch.__qualname__ = __name__, "EpochOptunaSearch"
+    return EpochOptunaSearch
+
+
+def __getattr__(name: str):
+    """`EpochOptunaSearch`, made once, then an ordinary module attribute (PEP 562): Tune pickles
+    the searcher by this module's name and unpickles it through here."""
+    if name == "EpochOptunaSearch":
+        cls = globals()[name] = _epoch_optuna_search_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _guarded(call, *args, **kwargs) -> None:
@@ -211,7 +226,7 @@ def _guarded(call, *args, **kwargs) -> None:
         logger.warning("Optuna study not updated: %s: %s", type(e).__name__, e)
 
 
-def study_of(searcher: OptunaSearch):
+def study_of(searcher):
     """The `optuna.Study` an OptunaSearch drives (to seed it with earlier trials)."""
     return searcher._ot_study
 
@@ -243,6 +258,7 @@ def _trainer_callbacks() -> bool:
 
 def _optuna_search_state() -> bool:
     import optuna
+    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = OptunaSearch(lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
