@@ -141,6 +141,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
                 checkpoint=_checkpoint_of(df.loc[best_i], str(t.path)),
+                **_footprint(df),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")
         row.update(t.config)  # the trial's hyperparameters
@@ -150,6 +151,14 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
     if table.empty:
         return table
     return table.sort_values("trial_id").reset_index(drop=True)
+
+
+# What each trial's model costs to run (trainables.footprint), from its last report that has them.
+FOOTPRINT = ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "gpu_images_per_s")
+
+
+def _footprint(reports: pd.DataFrame) -> dict:
+    return {c: float(reports[c].dropna().iloc[-1]) for c in FOOTPRINT if c in reports and reports[c].notna().any()}
 
 
 def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
@@ -179,7 +188,7 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
 def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     metric = info["metric"]
     knobs = [k for k in info["knobs"] if k in board]
-    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch"] + knobs
+    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *FOOTPRINT[:3]] + knobs
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):

@@ -17,6 +17,7 @@ from tests.conftest import ROOT
     ("throughput.py", r"goal>=0\.9"),
     ("asha.py", r"goal<=0\.33"),
     ("final_model.py", r"goal>=1"),
+    ("footprint.py", r"goal<=0\.02"),
 ])  # bench/warm_start.py --quick is left out (two searches, a minute): tests/test_live_study.py warm-starts
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,

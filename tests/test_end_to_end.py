@@ -68,6 +68,9 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     bad = trials[(trials["lr"] - 1e-6).abs() < 1e-12].iloc[0]
     assert bad["status"] == "stopped" and bad["epochs_run"] == 1
     assert (trials["status"] == "completed").any()
+    # every trial, stopped ones too, measured its model once: what it costs to run (#16)
+    assert (trials["latency_ms"] > 0).all() and (trials["model_mb"] > 0).all()
+    assert trials["params_m"].nunique() == 1  # the smoke space searches lr only: one architecture
     # The study optuna-dashboard shows: each ASHA-stopped trial PRUNED, each completed one COMPLETE
     # with its best score, both with every epoch as an intermediate value.
     study = optuna.load_study(study_name="e2e", storage=study_mod.storage(exp))
@@ -271,9 +274,11 @@ def test_a_results_folder_without_its_context_is_one_line(searched, tmp_path, ca
     (exp / "context.json").unlink()
     assert rank.main([str(exp)]) == 0
     capsys.readouterr()
-    for status in (analysis_report.main([str(exp)]), retrain.main([str(exp), "--out", str(tmp_path / "final")]),
-                   run.main([str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e",
-                             "--resume"])):
-        assert status == 2
+    commands = [lambda: analysis_report.main([str(exp)]),
+                lambda: retrain.main([str(exp), "--out", str(tmp_path / "final")]),
+                lambda: run.main([str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e",
+                                  "--resume"])]
+    for command in commands:
+        assert command() == 2
         [line] = capsys.readouterr().err.strip().splitlines()
         assert "no context.json" in line and "earlier version" in line, line

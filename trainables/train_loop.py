@@ -20,7 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import augment, checkpoint, data, imbalance, metrics, models, optim, precision, preprocess, schedule
+from trainables import (
+    augment,
+    checkpoint,
+    data,
+    footprint,
+    imbalance,
+    metrics,
+    models,
+    optim,
+    precision,
+    preprocess,
+    schedule,
+)
 from trainables.context import TrialContext
 from trainables.params import TrialParams
 from trainables.sessions import RayTrainSession
@@ -120,6 +132,7 @@ class _Trial:
     nhwc: bool
     amp: bool
     compile: bool
+    footprint: dict | None = None  # trainables.footprint's figures, measured after the first epoch
 
 
 def _setup(params: TrialParams, context: TrialContext, session, train_splits, val_split, lr_path) -> _Trial:
@@ -184,6 +197,10 @@ def _epoch(t: _Trial, session, epoch: int) -> dict:
         session.sync_buffers(checkpoint.unwrap(t.model))
         row.update(evaluate(checkpoint.unwrap(t.model), t.meta, *t.val, device=session.device, amp=t.amp,
                             session=session))
+    if t.footprint is None and session.rank == 0:  # the model's size and latency: once, in every later report
+        t.footprint = footprint.measure(checkpoint.unwrap(t.model), t.params.image_size, session.device,
+                                        t.params.batch_size)
+    row.update(t.footprint or {})
     row["epoch_of"] = t.params.epochs
     objective, mode = t.objective
     t.lr_schedule.after_epoch(epoch, row[objective], mode)

@@ -1,0 +1,41 @@
+"""Each trial's model footprint: parameters, weights size and batch-1 CPU latency, measured once."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_train_loop import config_for
+from trainables import checkpoint, footprint, models, sessions, train_loop
+
+
+@pytest.mark.timeout(300)
+def test_the_same_model_measures_the_same_twice_and_is_left_as_it_was(tmp_path):
+    model = models.build({"model": "efficientnet_lite0", "pretrained": False}, 3).train()
+    threads = torch.get_num_threads()
+    first = footprint.measure(model, 64, torch.device("cpu"), 8)
+    second = footprint.measure(model, 64, torch.device("cpu"), 8)
+    assert first["params_m"] == second["params_m"] == pytest.approx(
+        sum(p.numel() for p in model.parameters()) / 1e6)
+    assert first["model_mb"] == second["model_mb"]
+    assert 1 / 3 < first["latency_ms"] / second["latency_ms"] < 3  # a shared machine: within noise
+    assert model.training and torch.get_num_threads() == threads  # the training copy is untouched
+    checkpoint.save(tmp_path, model, {"arch": "efficientnet_lite0"})
+    on_disk = (tmp_path / checkpoint.WEIGHTS).stat().st_size / 2**20
+    assert first["model_mb"] == pytest.approx(on_disk, rel=0.02)  # what model.pt holds
+
+
+@pytest.mark.timeout(120)
+def test_a_larger_image_takes_longer():
+    model = models.build({"model": "cnn", "cnn_width": 32, "cnn_blocks": 3}, 3)
+    small = footprint.cpu_latency_ms(model, 16)
+    large = footprint.cpu_latency_ms(model, 128)
+    assert large > 3 * small  # 64 times the pixels
+
+
+@pytest.mark.timeout(300)
+def test_every_report_from_the_first_epoch_carries_one_measurement(folder, tmp_path):
+    session = sessions.LocalSession()
+    train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=3), session)
+    rows = session.history
+    assert all(r["params_m"] > 0 and r["model_mb"] > 0 and r["latency_ms"] > 0 for r in rows)
+    assert len({(r["latency_ms"], r["footprint_s"]) for r in rows}) == 1  # measured once, after epoch 1

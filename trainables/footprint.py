@@ -1,0 +1,75 @@
+"""What a trained model costs where it will run: its size, and how long one image takes.
+
+Users fine-tune EfficientNet-Lite0 or a small CNN because the model has to run on a phone, a
+CPU server or an edge box, so every trial measures its model once:
+- `params_m`: parameters, in millions; `model_mb`: the size of its weights (what model.pt holds);
+- `latency_ms`: one image (batch 1) at the trial's image size on one CPU thread, in
+  `torch.inference_mode`: a few warm-up runs, then the median of LATENCY_RUNS;
+- on a GPU also `gpu_latency_ms` (batch 1) and `gpu_images_per_s` at the trial's batch size.
+
+The architecture and image size fix these figures, the weights do not change them, so a trial
+measures after its first epoch and every report from then on, its last included, carries them
+(`trainables.train_loop`). `footprint_s` says what measuring cost the trial.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+LATENCY_RUNS = 20
+WARMUP_RUNS = 3
+
+
+def measure(model: torch.nn.Module, image_size: int, device: torch.device, batch_size: int) -> dict:
+    """The figures above for MODEL (the bare module, not its DDP wrapper); the training copy is
+    left as it was (its device, mode and the process's torch threads)."""
+    started = time.perf_counter()
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    out = {
+        "params_m": sum(p.numel() for p in cpu_model.parameters()) / 1e6,
+        "model_mb": sum(t.numel() * t.element_size() for t in cpu_model.state_dict().values()) / 2**20,
+        "latency_ms": cpu_latency_ms(cpu_model, image_size),
+    }
+    if device.type == "cuda":
+        out.update(gpu_figures(model, image_size, batch_size, device))
+    out["footprint_s"] = time.perf_counter() - started
+    return out
+
+
+def cpu_latency_ms(model: torch.nn.Module, image_size: int, runs: int = LATENCY_RUNS) -> float:
+    """Median milliseconds of one batch-1 forward pass on one CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.zeros(1, 3, image_size, image_size)
+        return 1000 * statistics.median(_timed(model, x, runs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gpu_figures(model: torch.nn.Module, image_size: int, batch_size: int, device: torch.device) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        one = _timed(model, torch.zeros(1, 3, image_size, image_size, device=device), LATENCY_RUNS, sync=True)
+        batch = _timed(model, torch.zeros(batch_size, 3, image_size, image_size, device=device), 5, sync=True)
+    finally:
+        model.train(was_training)
+    return {"gpu_latency_ms": 1000 * statistics.median(one), "gpu_images_per_s": batch_size / statistics.median(batch)}
+
+
+def _timed(model: torch.nn.Module, x: torch.Tensor, runs: int, sync: bool = False) -> list[float]:
+    """Seconds of each of RUNS forward passes of X, after WARMUP_RUNS untimed ones."""
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP_RUNS + runs):
+            started = time.perf_counter()
+            model(x)
+            if sync:
+                torch.cuda.synchronize()
+            if i >= WARMUP_RUNS:
+                times.append(time.perf_counter() - started)
+    return times
