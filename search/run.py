@@ -194,13 +194,18 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
 
 
 def warm_start(previous_dir: str, search_alg, spec) -> None:
-    """Seed the new study with an earlier search's completed and pruned trials."""
-
+    """Seed the new study with an earlier search's completed and pruned trials, and queue its best
+    configuration as the first trial the sampler gives (after the space's points_to_evaluate)."""
     prev = study_mod.load(previous_dir, results_folder.read_search_info(previous_dir))
-    added, dropped = study_mod.warm_start(ray_internals.study_of(search_alg), prev, study_mod.distributions(spec))
+    study, dists = ray_internals.study_of(search_alg), study_mod.distributions(spec)
+    added, dropped = study_mod.warm_start(study, prev, dists)
     print(f"warm start: {added} finished trials of {previous_dir} seed the sampler"
           + (f"; knobs left out (not in this space, or out of its range): {', '.join(dropped)}" if dropped else ""),
           flush=True)
+    rerun = study_mod.rerun_best(study, prev, dists)
+    if rerun:
+        print("warm start: its best configuration runs again first: "
+              + " ".join(f"{k}={v}" for k, v in rerun.items()), flush=True)
 
 
 def check_study_options(args, name: str, spec) -> None:

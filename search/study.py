@@ -74,7 +74,7 @@ def fits(dist, value) -> bool:
 def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
     """Add PREVIOUS study's completed and pruned trials to STUDY, each with its knobs that the new
     space has with a compatible range (the others are dropped). Returns (trials added, knobs
-    dropped). TPE then starts from what the earlier search learned."""
+    dropped). TPE then starts from what the earlier search learned (see also rerun_best)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -94,6 +94,21 @@ def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
             user_attrs={**t.user_attrs, "warm_start_from": f"{previous.study_name} #{t.number}"}))
         added += 1
     return added, sorted(dropped)
+
+
+def rerun_best(study, previous, dists: dict) -> dict | None:
+    """Queue PREVIOUS study's best completed configuration as STUDY's next trial, when every one of
+    its knobs fits the new space: a warm-started search tries the best known configuration
+    first, so it has the earlier search's best in hand from its first trial on, and TPE
+    searches on from there. Returns the queued parameters (None: nothing fit)."""
+    try:
+        best = previous.best_trial
+    except ValueError:  # no completed trial
+        return None
+    if not best.params or not all(n in dists and fits(dists[n], v) for n, v in best.params.items()):
+        return None
+    study.enqueue_trial(best.params, user_attrs={"warm_start_rerun": f"{previous.study_name} #{best.number}"})
+    return dict(best.params)
 
 
 def close_unfinished(study) -> int:

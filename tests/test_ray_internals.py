@@ -141,6 +141,25 @@ def test_warm_start_keeps_only_values_the_new_space_can_sample(tmp_path):
     assert [t.params for t in new.trials] == [{"lr": 0.01, "cnn_width": 16}, {"cnn_width": 24}, {"lr": 0.02}]
 
 
+@pytest.mark.timeout(60)
+def test_warm_start_asks_for_the_earlier_best_first_when_it_fits(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    old = optuna.create_study(direction="maximize")
+    for lr, value in ((0.01, 0.5), (0.05, 0.9), (0.02, 0.7)):
+        old.add_trial(optuna.trial.create_trial(params={"lr": lr}, value=value,
+                                                distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)}))
+    new = _searcher(tmp_path)  # its space: lr in [1e-4, 0.1], log
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
+    assert study_mod.rerun_best(study_of(new), old, dists) == {"lr": 0.05}
+    config = new.suggest("a")
+    assert config["lr"] == 0.05 and study_of(new).trials[-1].user_attrs["warm_start_rerun"].endswith("#1")
+    assert new.suggest("b")["lr"] != 0.05  # then the sampler's own
+    narrower = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}  # the best is out of this range: nothing queued
+    assert study_mod.rerun_best(optuna.create_study(direction="maximize"), old, narrower) is None
+
+
 @pytest.mark.timeout(120)
 def test_reading_results_does_not_import_ray_tune_or_optuna():
     """The searcher class is made on first use: a Train worker, or `analysis.rank` reading a
