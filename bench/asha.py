@@ -138,11 +138,11 @@ def summary(runs: dict[str, list[list[float]]]) -> float:
         reach = epochs_to_reach(tpe, max(ref))
         ratios.append(reach / len(ref) if reach else float("inf"))
         lines.append(f"{reach or 'never'}/{len(ref)}")
-    gaps = [100 * (max(r) - max(a)) for a, r in zip(runs["tpe+asha"], runs["random+fifo"])]
+    gaps = [100 * (max(a) - max(r)) for a, r in zip(runs["tpe+asha"], runs["random+fifo"])]  # > 0: TPE + ASHA ahead
     spent = {arm: statistics.median([len(c) for c in runs[arm]]) for arm in ("tpe+asha", "random+fifo")}
     per_seed = ", ".join(f"{g:+.2f}" for g in gaps)
     print(f"tpe+asha, whole search: {spent['tpe+asha'] / spent['random+fifo']:.2f} of random+fifo's median "
-          f"trial-epochs; its best val_acc below random+fifo's by a median {statistics.median(gaps):+.2f} points "
+          f"trial-epochs; its best val_acc minus random+fifo's: median {statistics.median(gaps):+.2f} points "
           f"(per seed {per_seed})")
     ratio = statistics.median(ratios)
     print(f"tpe+asha reached random+fifo's best within {GOAL_POINTS} points after "
