@@ -53,10 +53,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def importances(table: pd.DataFrame, info: dict) -> dict[str, float] | None:
+def importances(table: pd.DataFrame, info: dict, searched: dict) -> dict[str, float]:
     """PED-ANOVA importances (no scikit-learn needed) on an Optuna study rebuilt from the trials,
-    each knob with the distribution the search sampled it from (search.json); None when
-    search.json does not record them (an older results folder).
+    each knob with the distribution the search sampled it from (SEARCHED, from search.json).
 
     A knob a `when:` left out of some trials gets an explicit 'n/a' value there (as a category),
     so conditional knobs (pretrained, unfreeze, ...) are ranked too instead of silently dropped."""
@@ -65,9 +64,6 @@ def importances(table: pd.DataFrame, info: dict) -> dict[str, float] | None:
 
     from search.study import fits
 
-    searched = results_folder.knob_distributions(info)
-    if searched is None:
-        return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     col = f"best_{info['metric']}"
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
@@ -193,16 +189,15 @@ def _asha_plot(table: pd.DataFrame, hist: dict, info: dict, rungs: list[int]) ->
     return _png(fig)
 
 
-def _log_knobs(info: dict) -> set[str]:
-    """The knobs the search sampled on a log scale (none known when search.json does not record
-    the distributions)."""
-    return {k for k, d in (results_folder.knob_distributions(info) or {}).items() if getattr(d, "log", False)}
+def _log_knobs(searched: dict) -> set[str]:
+    """The knobs the search sampled on a log scale."""
+    return {k for k, d in searched.items() if getattr(d, "log", False)}
 
 
-def _scatter_plots(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
+def _scatter_plots(table: pd.DataFrame, info: dict, searched: dict, knobs: list[str]) -> str:
     import matplotlib.pyplot as plt
 
-    col, log_knobs = f"best_{info['metric']}", _log_knobs(info)
+    col, log_knobs = f"best_{info['metric']}", _log_knobs(searched)
     knobs = [k for k in knobs if k in table][:4]
     if not knobs or col not in table:
         return ""
@@ -219,12 +214,12 @@ def _scatter_plots(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
     return _png(fig)
 
 
-def _parallel_plot(table: pd.DataFrame, info: dict, knobs: list[str]) -> str:
+def _parallel_plot(table: pd.DataFrame, info: dict, searched: dict, knobs: list[str]) -> str:
     """One line per trial across every knob (categorical values at evenly spaced levels),
     coloured by the objective: where good trials pass, the knob matters."""
     import matplotlib.pyplot as plt
 
-    col, log_knobs = f"best_{info['metric']}", _log_knobs(info)
+    col, log_knobs = f"best_{info['metric']}", _log_knobs(searched)
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
     knobs = [k for k in knobs if k in done]
     if len(knobs) < 2 or done.empty:
@@ -288,7 +283,7 @@ def _confusion_plot(cm, classes: list[str], title: str) -> str:
     return _png(fig)
 
 
-def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
+def best_on_val(context, best: pd.Series) -> dict:
     """The best trial's checkpoint on the validation split: confusion matrix, per-class scores,
     and its most confidently wrong images (path, true, predicted, confidence)."""
     import torch
@@ -297,15 +292,14 @@ def best_on_val(results_dir: Path, best: pd.Series, info: dict) -> dict:
     from trainables.train_loop import evaluate
 
     model, meta = checkpoint.load(best["checkpoint"])
-    context = results_folder.read_context(results_dir)
     items = data.read_split(context.split_file, ("val",))
     x, y = data.load_images(context.data_root, items, meta["class_names"], meta["image_size"],
-                            cache_dir=context.local_cache_dir(), cache_max_gb=context.cache_max_gb)
+                            cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     out = evaluate(model, meta, x, y, with_confusion=True, with_probs=True)
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
     conf, pred = out.pop("probs").max(1)
     wrong = [i for i in conf.argsort(descending=True).tolist() if pred[i] != y[i]][:WRONG_SHOWN]
-    out["wrong"] = [(Path(info["data_root"]) / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
+    out["wrong"] = [(Path(context.data_root) / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
                      float(conf[i])) for i in wrong]
     return out
 
@@ -330,16 +324,13 @@ def _wrong_grid(wrong: list) -> str:
 
 
 def _gpu_hours(info: dict, trial_seconds: float) -> str:
-    gpus = info.get("gpus_per_trial") or 0  # unknown (none shown) when search.json does not record it
+    gpus = info["gpus_per_trial"]
     return f", {gpus * trial_seconds / 3600:.2f} GPU-hours" if gpus else ""
 
 
 def asha_rungs(info: dict) -> list[int]:
-    """The epochs where ASHA decided, from the settings search.json records (none known when it
-    does not record them)."""
-    s = info.get("scheduler")
-    if not s:
-        return []
+    """The epochs where ASHA decided, from the settings search.json records."""
+    s = info["scheduler"]
     rungs, r = [], s["grace_period"]
     while r < s["max_t"]:
         rungs.append(int(r))
@@ -390,17 +381,16 @@ def _curves_section(r: dict) -> str:
 
 def _knobs_section(r: dict) -> str:
     table, info, col = r["table"], r["info"], r["col"]
-    importance = importances(table, info)
-    eff = effects(table, info, importance or {})
+    importance = importances(table, info, r["searched"])
+    eff = effects(table, info, importance)
     how = (f"Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
-           "trials with a result (rough with few trials)" if importance is not None else
-           "No importances: this folder's search.json predates the knobs' distributions they need")
+           "trials with a result (rough with few trials)")
     return _section(
         "knobs", "Which knobs mattered",
         f"<p>{how}; effect: how the objective moves with the knob.</p>",
         _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
-        _parallel_plot(table, info, info["knobs"]),
-        _scatter_plots(table, info, list(eff["knob"]) if not eff.empty else []))
+        _parallel_plot(table, info, r["searched"], info["knobs"]),
+        _scatter_plots(table, info, r["searched"], list(eff["knob"]) if not eff.empty else []))
 
 
 def _best_section(r: dict) -> str:
@@ -408,7 +398,7 @@ def _best_section(r: dict) -> str:
     if col not in board or not board[col].notna().any():
         return ""
     best = board.iloc[0]
-    val = best_on_val(r["dir"], best, r["info"])
+    val = best_on_val(r["context"], best)
     return _section(
         "best", f"The best trial: {best['trial_id']}",
         f"<p>Validation accuracy {val['val_acc']:.4f}, macro F1 {val['val_macro_f1']:.4f}, "
@@ -442,9 +432,11 @@ def _test_section(r: dict) -> str:
 def _read(results_dir: Path) -> dict:
     """Everything the sections draw from, read once from the results folder's plain files."""
     info = results_folder.read_search_info(results_dir)
+    context = results_folder.read_context(results_dir).on_this_machine()
     table = results_folder.trials_table(results_dir)
-    return {"dir": results_dir, "info": info, "table": table, "board": results_folder.leaderboard(table, info),
-            "hist": histories(results_dir), "data": json.loads((results_dir / "data.json").read_text()),
+    return {"dir": results_dir, "info": info, "context": context, "searched": results_folder.knob_distributions(info),
+            "table": table, "board": results_folder.leaderboard(table, info), "hist": histories(results_dir),
+            "data": json.loads((results_dir / "data.json").read_text()),
             "space_text": (results_dir / "space.yaml").read_text(), "col": f"best_{info['metric']}"}
 
 

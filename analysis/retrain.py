@@ -129,7 +129,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     results_dir = Path(results_dir).resolve()
     info = results_folder.read_search_info(results_dir)
     metric = info["metric"]
-    context = results_folder.read_context(results_dir)
+    context = results_folder.read_context(results_dir).on_this_machine()
     best = pick_best(results_folder.ranked_with_results(results_dir, info).head(top), info, context)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     epochs = int(epochs or best["best_epoch"])
@@ -145,7 +145,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     # the test split: read here, once, after the model is fixed
     test_items = data.read_split(context.split_file, ("test",))
     x, y = data.load_images(context.data_root, test_items, meta["class_names"], meta["image_size"],
-                            cache_dir=context.local_cache_dir(), cache_max_gb=context.cache_max_gb)
+                            cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
     confusion = torch.tensor(test["confusion"])
     low, high = metrics.wilson_interval(int(confusion.diag().sum()), len(test_items))

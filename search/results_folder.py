@@ -195,11 +195,9 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
         return shown.to_string(index=False, na_rep="-")
 
 
-def knob_distributions(info: dict) -> dict | None:
+def knob_distributions(info: dict) -> dict:
     """Each searched knob's Optuna distribution, as `search.json` records it (from
-    `search.study.distributions`); None when search.json has none (an older results folder)."""
-    if "distributions" not in info:
-        return None
+    `search.study.distributions`)."""
     from optuna.distributions import json_to_distribution
 
     return {k: json_to_distribution(json.dumps(d)) for k, d in info["distributions"].items()}

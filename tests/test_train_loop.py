@@ -39,3 +39,15 @@ def test_learning_happens_on_separable_classes(folder, tmp_path):
 def test_diverging_loss_stops_the_trial(folder, tmp_path):
     with pytest.raises(train_loop.TrialDiverged, match="epoch 1"):
         train_loop.fit(*config_for(folder, tmp_path, lr=1e35, epochs=1), sessions.LocalSession())
+
+
+@pytest.mark.timeout(60)
+def test_a_context_from_another_machine_decodes_into_this_machines_cache(folder, tmp_path):
+    """analysis.retrain and report of a folder made elsewhere: its cache path is not writable here."""
+    import dataclasses
+
+    _, context = config_for(folder, tmp_path)
+    assert context.on_this_machine() is context  # the search's own cache, writable here
+    foreign = dataclasses.replace(context, cache_dir="/proc/1/hpo-cache")
+    assert foreign.on_this_machine().cache_dir == str(data.default_cache_dir())
+    assert foreign.on_this_machine().data_root == context.data_root

@@ -49,14 +49,17 @@ class TrialContext:
     max_failures: int
     resources: Resources
 
-    def local_cache_dir(self) -> str | None:
-        """The search's image cache, where this machine can use it (analysis of a results folder
-        from another machine decodes into its own default cache instead: None)."""
-        try:
-            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        return self.cache_dir if os.access(self.cache_dir, os.W_OK) else None
+    def on_this_machine(self) -> "TrialContext":
+        """This context, its image cache one this machine can write: the search's own where it
+        can, else this machine's default cache (analysis of a results folder made elsewhere:
+        its final-model refits and its test split decode here, not into another machine's path)."""
+        from trainables.data import default_cache_dir
+
+        path = Path(self.cache_dir)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if os.access(existing, os.W_OK):
+            return self
+        return dataclasses.replace(self, cache_dir=str(default_cache_dir()))
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONTEXT_FILE
