@@ -88,11 +88,10 @@ def ray_loop(config: dict, context, storage: Path) -> float:
     from trainables.train_loop import train_loop_per_worker
 
     r = context.resources
-    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
     result = TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": config, "context": context},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=bool(r.gpus_per_worker),
-                                               resources_per_worker=per_worker),
+                                               resources_per_worker=r.per_worker),
         run_config=ray.train.RunConfig(name="throughput", storage_path=str(storage),
                                        logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     ).fit()

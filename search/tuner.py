@@ -69,7 +69,7 @@ def trainable(context: TrialContext):
     r = context.resources
     if r.ray_train:
         return tune.with_resources(fn, {DRIVER_TOKEN: 1})
-    return tune.with_resources(fn, {"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker})
+    return tune.with_resources(fn, r.per_worker)
 
 
 def restore(exp_dir, context: TrialContext):

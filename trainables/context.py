@@ -30,6 +30,11 @@ class Resources:
     use_ray_train: bool
 
     @property
+    def per_worker(self) -> dict[str, float]:
+        """Ray resources one worker holds: its CPUs, and its GPUs when it has any."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+    @property
     def ray_train(self) -> bool:
         """Whether the trial fits a Ray Train TorchTrainer (DDP), else trains in its own Tune actor."""
         return self.workers_per_trial > 1 or self.use_ray_train

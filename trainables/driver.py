@@ -90,13 +90,12 @@ def fit_trainer(config: dict, context: TrialContext, loop=train_loop) -> None:
     from ray import tune
 
     r = context.resources
-    per_worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
     trial_id = tune.get_context().get_trial_id()
     ray_internals.lean_torch_trainer()(
         loop,
         train_loop_config={"config": config, "context": context},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=r.workers_per_trial, use_gpu=bool(r.gpus_per_worker), resources_per_worker=per_worker),
+            num_workers=r.workers_per_trial, use_gpu=bool(r.gpus_per_worker), resources_per_worker=r.per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
             storage_path=context.train_storage,
