@@ -72,6 +72,10 @@ def test_warm_start_seeds_the_sampler_with_an_earlier_searchs_trials(live_search
     assert seeded.params == {"lr": 0.003} and seeded.state == TrialState.COMPLETE and len(study.trials) == 2
     assert sorted(seeded.intermediate_values) == list(range(1, 9))
     assert all(1e-4 <= t.params["lr"] <= 1e-2 for t in study.trials)
+    # its one trial re-ran the first search's best configuration, which fits the new range
+    assert "warm start: its best configuration runs again first: lr=0.003" in second.stdout
+    [own] = [t for t in study.trials if "warm_start_from" not in t.user_attrs]
+    assert own.params == {"lr": 0.003} and "warm_start_rerun" in own.user_attrs
 
 
 @pytest.mark.timeout(120)
