@@ -1,9 +1,11 @@
 """`python -m analysis.report RESULTS_DIR`: one self-contained HTML page about a finished search.
 
 What hand-tuners write up after weeks of single runs, from the search's own results: the data
-and budget, the leaderboard, learning curves and ASHA's decisions, which knobs mattered (Optuna's
-PED-ANOVA importances on a study rebuilt from the results, plus each knob's effect), the best
-trial's confusion matrix and per-class scores, and the test result once `analysis.retrain` ran.
+and budget, the leaderboard, accuracy against what each model costs to run (latency, size: the
+fronts a deployment chooses from, under the search's constraints), learning curves and ASHA's
+decisions, which knobs mattered (Optuna's PED-ANOVA importances on a study rebuilt from the
+results, plus each knob's effect), the best trial's confusion matrix and per-class scores, and
+the test result once `analysis.retrain` ran.
 Plots are matplotlib PNGs embedded as base64: the page opens from disk with no server.
 """
 from __future__ import annotations
@@ -338,7 +340,7 @@ def asha_rungs(info: dict) -> list[int]:
     return rungs
 
 
-SECTIONS = ("summary", "leaderboard", "curves", "knobs", "best", "test")
+SECTIONS = ("summary", "leaderboard", "deployment", "curves", "knobs", "best", "test")
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
          "table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
          "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
@@ -372,6 +374,176 @@ def _leaderboard_section(r: dict) -> str:
     board, info = r["board"], r["info"]
     cols = ["trial_id", "status", "epochs_run", r["col"], "best_epoch", *info["knobs"], "error"]
     return _section("leaderboard", "Leaderboard", _table(board[[c for c in cols if c in board]]))
+
+
+COST_AXES = ("latency_ms", "params_m")  # the costs the deployment section plots the first objective against
+COST_COLUMNS = ("latency_ms", "params_m", "model_mb")
+
+
+def _feasible(table: pd.DataFrame, info: dict) -> pd.Series:
+    """Whether each trial is within the search's limits (every trial when there are none)."""
+    if "feasible" not in table:
+        return pd.Series(True, index=table.index)
+    return table["feasible"].fillna(False).astype(bool)
+
+
+def deployment_settings(table: pd.DataFrame, info: dict) -> str:
+    """The objectives (and which one ASHA stopped trials on) and the constraints with how many
+    trials met them, as one paragraph: what the plots and the front below were judged by."""
+    objs = results_folder.objectives(info)
+    said = ", ".join(f"{name} ({mode})" for name, mode in objs)
+    text = (f"Objective: {said}; ASHA stopped trials on it." if len(objs) == 1 else
+            f"Objectives: {said}, searched together by Optuna's multi-objective TPE; ASHA stopped trials on "
+            f"the first, {objs[0][0]}, alone.")
+    lim = results_folder.limits(info)
+    if not lim:
+        return f"<p>{html.escape(text)} No constraints: every trained trial is a candidate.</p>"
+    ok = _feasible(table, info)
+    rejected = int((table["status"] == "rejected").sum()) if "status" in table else 0
+    text += (" Constraints: " + ", ".join(f"{name} <= {v:g}" for name, v in lim.items())
+             + f": {int(ok.sum())} trial(s) feasible, {int((~ok).sum())} infeasible, {rejected} of them "
+             "rejected (over a limit before training, so not trained).")
+    return f"<p>{html.escape(text)}</p>"
+
+
+def front_against(table: pd.DataFrame, info: dict, cost: str) -> pd.DataFrame:
+    """`results_folder.front` of the first objective against one COST: the same trials (completed,
+    feasible) and order as the front `--pick` numbers, for a search that did not have COST among its
+    objectives too. Empty when no trial is a candidate."""
+    if results_folder.candidates(table, info).empty:  # front() needs the objective's column
+        return pd.DataFrame()
+    first = results_folder.objectives(info)[0]
+    return results_folder.front(table, {**info, "objectives": [first, (cost, "min")]})
+
+
+def deployment_front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The trials worth deploying, best first on the first objective: for a multi-objective search
+    its Pareto front (`results_folder.front`), numbered as `analysis.retrain --pick N` takes them;
+    for a single objective, the front of it against latency_ms."""
+    columns = results_folder.objective_columns(info)
+    if len(columns) > 1:
+        on = results_folder.front(table, info) if not results_folder.candidates(table, info).empty else pd.DataFrame()
+        on.insert(0, "pick", range(1, len(on) + 1))
+    else:
+        on = front_against(table, info, "latency_ms")
+    shown = ["pick", "trial_id", *(c for c, _ in columns), *COST_COLUMNS, *info["knobs"]]
+    return on[[c for c in dict.fromkeys(shown) if c in on]].reset_index(drop=True)
+
+
+def _front_note(info: dict, shown: pd.DataFrame) -> str:
+    """What the front table is, and which of its rows `analysis.retrain` takes."""
+    among = "among the completed, feasible trials (one ASHA stopped early is fast and inaccurate, not a trade-off)"
+    if len(results_folder.objectives(info)) > 1:
+        what = (f"The Pareto front of the objectives {among}, best first on {info['metric']}: "
+                "<code>python -m analysis.retrain RESULTS_DIR --pick N</code> retrains row N.")
+    else:
+        what = (f"The front of {info['metric']} against latency_ms {among}, best first. "
+                f"<code>analysis.retrain</code> takes the feasible trial with the best {info['metric']}, usually "
+                "the first row; to deploy a faster one, search with latency_ms among the objectives "
+                "(<code>--pick</code>) or under search.constraints.")
+    return f"<p>{what}{' No completed trial is feasible: nothing to list.' if shown.empty else ''}</p>"
+
+
+def _cost_axes(ax, table: pd.DataFrame, info: dict, cost: str) -> None:
+    """One plot of the first objective against COST: trained trials (infeasible ones hollow grey) and
+    the 2-D front of the candidates (`front_against`) as a step line, its points emphasised; then the
+    search's limits."""
+    col = f"best_{info['metric']}"
+    trained = table[table[col].notna() & table[cost].notna()]
+    ok = _feasible(trained, info)
+    ax.scatter(trained.loc[ok, cost], trained.loc[ok, col], color="tab:blue", alpha=0.6, label="trained")
+    if (~ok).any():
+        ax.scatter(trained.loc[~ok, cost], trained.loc[~ok, col], facecolors="none", edgecolors="grey",
+                   label="infeasible")
+    on = front_against(trained, info, cost)
+    if not on.empty:
+        on = on.sort_values(cost)
+        ax.step(on[cost], on[col], where="post", color="tab:red", linewidth=1)
+        ax.scatter(on[cost], on[col], color="tab:red", s=45, zorder=3, label=f"front against {cost} (completed)")
+    shown = _limits_on_axes(ax, table, info, cost)
+    if shown.min() > 0 and shown.max() > 10 * shown.min():
+        _log_x(ax)
+    ax.set_xlabel(cost)
+    ax.set_ylabel(info["metric"])
+    ax.legend(fontsize=7)
+
+
+def _limits_on_axes(ax, table: pd.DataFrame, info: dict, cost: str) -> pd.Series:
+    """The search's limits on one cost plot: the limit on COST dashed, the configurations the limits
+    kept from training as grey x's along the bottom (they have no score), and the best feasible trial,
+    the one `analysis.retrain` takes, starred. Returns the COST figures now on the plot."""
+    col, lim = f"best_{info['metric']}", results_folder.limits(info)
+    rejected = table[(table["status"] == "rejected") & table[cost].notna()] if "status" in table else table.iloc[0:0]
+    shown = pd.concat([table.loc[table[col].notna(), cost], rejected[cost]]).dropna()
+    if cost in lim:
+        ax.axvline(lim[cost], color="black", linestyle="--", linewidth=1)
+        ax.annotate(f"{cost} <= {lim[cost]:g}", (lim[cost], 0.02), xycoords=("data", "axes fraction"),
+                    xytext=(-2, 0), textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=8)
+    if not rejected.empty:
+        ax.scatter(rejected[cost], [0.03] * len(rejected), marker="x", color="grey",
+                   transform=ax.get_xaxis_transform(), label="rejected (not trained)")
+        ax.update_datalim([(x, 0) for x in rejected[cost]], updatey=False)  # x's out there widen the axis too
+    board = results_folder.candidates(results_folder.leaderboard(table, info), info)
+    if lim and not board.empty and pd.notna(board[cost].iloc[0]):
+        best = board.iloc[0]  # what analysis.retrain takes by default: ranked_with_results' first
+        ax.scatter([best[cost]], [best[col]], marker="*", s=220, color="gold", edgecolors="black", zorder=4,
+                   label="best feasible (retrain's)")
+        ax.annotate(str(best["trial_id"]), (best[cost], best[col]), xytext=(6, 4), textcoords="offset points",
+                    fontsize=8)
+    return shown
+
+
+def _log_x(ax) -> None:
+    """A log x axis labelled in plain numbers at 1, 2 and 5 times powers of ten: costs spread over
+    decades (a small CNN against a ViT) without the 2x10^0 labels that run into each other."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
+
+
+def _cost_plots(table: pd.DataFrame, info: dict) -> str:
+    """The first objective against each cost in COST_AXES that some trained trial measured."""
+    import matplotlib.pyplot as plt
+
+    col = f"best_{info['metric']}"
+    costs = [c for c in COST_AXES if col in table and c in table and (table[col].notna() & table[c].notna()).any()]
+    if not costs:
+        return "<p>No trained trial has a footprint figure to plot.</p>"
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 3.8), squeeze=False)
+    for ax, cost in zip(axes[0], costs):
+        _cost_axes(ax, table, info, cost)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _final_latency(results_dir: Path) -> str:
+    """The final model's batch-1 CPU latency, eager and exported, once `analysis.retrain` measured
+    them (a test result from before it did has neither), and which limits it is over, if any."""
+    test_file = results_dir / "retrained" / "test_metrics.json"
+    t = json.loads(test_file.read_text()) if test_file.is_file() else {}
+    said = [f"{how} {t[key]:.3g} ms" for how, key in (("eager", "final_latency_ms"),
+                                                        ("exported", "exported_latency_ms"))
+            if isinstance(t.get(key), (int, float))]
+    over = f" Over the search's limits: {t['final_over_limits']}." if t.get("final_over_limits") else ""
+    return f"<p>Final model, batch-1 CPU latency: {', '.join(said)}.{html.escape(over)}</p>" if said else ""
+
+
+def _deployment_section(r: dict) -> str:
+    """Accuracy against what the model costs to run (what a deployment chooses on): the settings it
+    was searched under, the fronts as plots and a table, the final model's latency once measured."""
+    info, table = r["info"], r["table"]
+    body = [deployment_settings(table, info)]
+    if not any(c in table and table[c].notna().any() for c in COST_COLUMNS):
+        body.append("<p>These trials have no footprint figures (latency, size): the search that wrote them "
+                    "did not measure them. Search again to see accuracy against cost.</p>")
+    else:
+        shown = deployment_front(table, info)
+        body += [_cost_plots(table, info), _front_note(info, shown), _table(shown) if not shown.empty else ""]
+    return _section("deployment", "Deployment: accuracy against cost", *body, _final_latency(r["dir"]))
 
 
 def _curves_section(r: dict) -> str:
@@ -443,8 +615,8 @@ def _read(results_dir: Path) -> dict:
 def build(results_dir: str | Path) -> Path:
     """Write RESULTS_DIR/report.html: one <section> per entry of SECTIONS, plots inlined."""
     r = _read(Path(results_dir).resolve())
-    sections = [_summary_section, _leaderboard_section, _curves_section, _knobs_section, _best_section,
-                _test_section]
+    sections = [_summary_section, _leaderboard_section, _deployment_section, _curves_section, _knobs_section,
+                _best_section, _test_section]
     body = "".join(f(r) for f in sections)
     name = html.escape(r["info"]["name"])
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title><style>{STYLE}</style>"

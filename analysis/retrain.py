@@ -6,8 +6,12 @@ seeds, the trial's LR path replayed up to its best epoch): one refit alone is a 
 small data, and averaging with the checkpoint keeps the final model from being worse than
 what the search already had; four refits, because with two it can still fall below the
 checkpoint (bench/final_model.py; figures in bench/README.md). `--final checkpoint` or
-`--final refit` picks one of them instead. The policy is fixed before the test split, which no
-trial ever loaded, is evaluated exactly once. A second call prints the stored result instead of
+`--final refit` picks one of them instead. A search with constraints or with costs among its
+objectives hands back the checkpoint alone by default: an ensemble of five costs five times the
+latency the search measured and judged. The trial is the best feasible one, or with `--pick N`
+the N-th point of the Pareto front (`python -m analysis.rank` lists it). The final model's
+latency is measured again, eager and as the exported program. The policy is fixed before the
+test split, which no trial ever loaded, is evaluated exactly once. A second call prints the stored result instead of
 testing again (`--again` overrides, knowingly).
 """
 from __future__ import annotations
@@ -119,8 +123,29 @@ def final_model(best: pd.Series, config: dict, context, history: pd.DataFrame, p
     return model, meta, recipe, curves
 
 
+def default_policy(info: dict) -> str:
+    """The checkpoint alone where the search judged what a model costs (constraints, or costs among
+    its objectives): that is the model it measured; else the ensemble."""
+    costs = results_folder.limits(info) or len(results_folder.objectives(info)) > 1
+    return "checkpoint" if costs else "ensemble"
+
+
+def picked(results_dir: Path, info: dict, pick: int | None, top: int, context) -> pd.Series:
+    """The trial the final model comes from: the best feasible one (of the TOP rerun, see
+    pick_best), or the PICK-th point of the Pareto front."""
+    board = results_folder.ranked_with_results(results_dir, info)
+    if pick is None:
+        return pick_best(board.head(top), info, context)
+    on_front = results_folder.front(board, info)
+    if not 1 <= pick <= len(on_front):
+        raise results_folder.ResultsError(f"--pick {pick}: the Pareto front of {results_dir} has {len(on_front)} "
+                                          "point(s), numbered from 1 best first on the first objective; "
+                                          "python -m analysis.rank lists them (column pareto)")
+    return on_front.iloc[pick - 1]
+
+
 def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path | None = None,
-            top: int = 1, policy: str = "ensemble", refits: int = 4) -> dict:
+            top: int = 1, policy: str | None = None, refits: int = 4, pick: int | None = None) -> dict:
     import torch
 
     from trainables import checkpoint, data, export, metrics
@@ -129,8 +154,9 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     results_dir = Path(results_dir).resolve()
     info = results_folder.read_search_info(results_dir)
     metric = info["metric"]
+    policy = policy or default_policy(info)
     context = results_folder.read_context(results_dir).on_this_machine()
-    best = pick_best(results_folder.ranked_with_results(results_dir, info).head(top), info, context)
+    best = picked(results_dir, info, pick, top, context)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     epochs = int(epochs or best["best_epoch"])
     out = Path(out) if out else results_dir / "retrained"
@@ -159,6 +185,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
         "exported": str(model_dir / checkpoint.EXPORTED),
         "export_max_logit_diff": export.export(model, meta, model_dir, x[:32]),
         "onnx_max_logit_diff": export.export_onnx(model, meta, model_dir, x[:32]),
+        **final_footprint(model, meta, model_dir, results_folder.limits(info)),  # after export: it times the file
         "refit_curves": curves, "trial_curve": history.to_dict("records"),
         "retrain_seconds": round(time.time() - started, 1),
     }
@@ -166,12 +193,33 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     return report
 
 
+def final_footprint(model, meta: dict, model_dir: Path, limits: dict) -> dict:
+    """The final model's cost, as each trial measured its own (trainables.footprint), and its
+    batch-1 CPU latency again as the exported program, which is what a user deploys."""
+    import torch
+
+    from trainables import checkpoint, footprint
+    from trainables.limits import describe_over
+
+    size = meta["image_size"]
+    eager = footprint.measure(model, size, torch.device("cpu"), 1)
+    figures = {"latency_ms": eager["latency_ms"], "params_m": eager["params_m"], "model_mb": eager["model_mb"]}
+    exported = footprint.cpu_latency_ms(torch.export.load(model_dir / checkpoint.EXPORTED).module(), size)
+    return {"final_latency_ms": figures["latency_ms"], "exported_latency_ms": exported,
+            "final_params_m": figures["params_m"], "final_model_mb": figures["model_mb"], "limits": limits,
+            "final_over_limits": describe_over({**figures, "latency_ms": max(figures["latency_ms"], exported)},
+                                               limits)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__.splitlines()[0])
     p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
-    p.add_argument("--final", choices=FINAL, default="ensemble",
+    p.add_argument("--final", choices=FINAL,
                    help="the model handed back: the best trial's checkpoint and refits on train+val with other "
-                        "seeds, averaged (ensemble, default); the checkpoint alone; or one refit")
+                        "seeds, averaged (ensemble, the default); the checkpoint alone (the default where the "
+                        "search has constraints or costs among its objectives); or one refit")
+    p.add_argument("--pick", type=int, metavar="N", help="take the N-th point of the Pareto front (1 = best on the "
+                   "first objective; python -m analysis.rank lists the front) instead of the best trial")
     p.add_argument("--refits", type=int, default=4, help="refits in the ensemble (default 4; each costs about "
                    "one trial of the best configuration)")
     p.add_argument("--epochs", type=int, help="epochs to refit (default: the best trial's best epoch)")
@@ -187,7 +235,9 @@ def main(argv=None) -> int:
             report = json.loads((out / TEST_FILE).read_text())
             print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
         else:
-            report = retrain(args.results_dir, args.epochs, out, args.top, args.final, args.refits)
+            if args.pick is not None and args.top != 1:
+                raise results_folder.ResultsError("--pick and --top choose the trial two ways; give one")
+            report = retrain(args.results_dir, args.epochs, out, args.top, args.final, args.refits, args.pick)
     except results_folder.ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -196,7 +246,15 @@ def main(argv=None) -> int:
           f"on {report['test_images']} held-out images "
           f"(macro F1 {report['test_macro_f1']:.4f}, worst-class recall {report['test_min_recall']:.4f})")
     made = "; ".join(f"{m['made_by']} on {m['trained_on']}" for m in report.get("final_members", []))
-    print(f"model: {report['model_dir']} ({report.get('final_policy', 'refit')}: {made})\nresult: {out / TEST_FILE}")
+    print(f"model: {report['model_dir']} ({report.get('final_policy', 'refit')}: {made})")
+    if "final_latency_ms" in report:
+        print(f"cost: {report['final_params_m']:.3g} M parameters, {report['final_model_mb']:.3g} MB; batch-1 latency "
+              f"on one CPU thread {report['final_latency_ms']:.3g} ms eager, {report['exported_latency_ms']:.3g} ms "
+              "exported (torch.export)" + "".join(f"; limit {k} <= {v:g}" for k, v in report["limits"].items()))
+        if report["final_over_limits"]:
+            print(f"warning: the final model is over the search's constraints ({report['final_over_limits']}); "
+                  "--final checkpoint hands back the one model the search measured")
+    print(f"result: {out / TEST_FILE}")
     return 0
 
 

@@ -35,6 +35,8 @@ class ProgressPrinter(Callback):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("infeasible"):  # said once, when it completes
+            return
         extra = f" val_loss={result['val_loss']:.3f}" if "val_loss" in result and self.metric != "val_loss" else ""
         self._say(f"trial {trial.trial_id} epoch {result.get('epoch')}/{result.get('epoch_of', '?')}: "
                   f"{self.metric}={result.get(self.metric, float('nan')):.4f}{extra}")
@@ -44,6 +46,8 @@ class ProgressPrinter(Callback):
         last = trial.last_result or {}
         epoch, planned = last.get("epoch", 0), last.get("epoch_of", 0)
         how = f"stopped by ASHA after epoch {epoch}/{planned}" if epoch < planned else f"completed {epoch} epochs"
+        if last.get("infeasible"):
+            how = f"not trained: {last['infeasible']} (over search.constraints)"
         self._say(f"trial {trial.trial_id} {how} ({self.done}/{self.num_samples} done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -21,6 +21,7 @@ import pandas as pd
 
 from search import tune_files
 from trainables.context import CONTEXT_FILE, TrialContext
+from trainables.limits import describe_over, within
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.csv"
@@ -122,9 +123,12 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
         df = t.reports
         row = {"trial_id": t.trial_id}
         failed = _failure(t) if t.status == "ERROR" else None
-        if df.empty or metric not in df or "epoch" not in df:
-            row.update(status=failed[0] if failed else "unfinished" if t.status != "TERMINATED" else "no results",
-                       epochs_run=0)
+        if df.empty or metric not in df or "epoch" not in df or df[metric].isna().all():
+            rejected = not failed and "infeasible" in df and df["infeasible"].notna().any()
+            row.update(status=failed[0] if failed else "rejected" if rejected else
+                       "unfinished" if t.status != "TERMINATED" else "no results", epochs_run=0, **_footprint(df))
+            if rejected:  # over the search's limits: not trained
+                row["infeasible"] = str(df["infeasible"].dropna().iloc[-1])
         else:
             df = df.sort_values("epoch", kind="stable")
             best = df[metric].max() if mode == "max" else df[metric].min()
@@ -150,7 +154,79 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values("trial_id").reset_index(drop=True)
+    return judge(table.sort_values("trial_id").reset_index(drop=True), info)
+
+
+def objectives(info: dict) -> list[tuple[str, str]]:
+    """(name, mode) of each objective of the search; the first is the validation metric ASHA used."""
+    return [tuple(o) for o in info.get("objectives") or [(info["metric"], info["mode"])]]
+
+
+def objective_columns(info: dict) -> list[tuple[str, str]]:
+    """Each objective's column in the trials table, and its mode: `best_<metric>` for the first,
+    the model's cost (its own footprint column) for the others."""
+    (first, mode), *costs = objectives(info)
+    return [(f"best_{first}", mode), *costs]
+
+
+def limits(info: dict) -> dict[str, float]:
+    """The search's constraints as figure -> largest allowed value (empty: none)."""
+    return dict(info.get("limits") or {})
+
+
+def judge(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The table with, for a search with constraints, `feasible` (every limited figure measured
+    and within its limit) and `infeasible` (which are over); for a multi-objective one, `pareto`
+    (on the `front`)."""
+    lim = limits(info)
+    if lim:
+        records = table.to_dict("records")
+        table["feasible"] = [within(r, lim) for r in records]
+        table["infeasible"] = [r.get("infeasible") if isinstance(r.get("infeasible"), str) and r["infeasible"]
+                               else describe_over(r, lim) or ("" if ok else "not measured")
+                               for r, ok in zip(records, table["feasible"])]
+    if len(objectives(info)) > 1:
+        table["pareto"] = False
+        table.loc[front(table, info)["index"], "pareto"] = True
+    return table
+
+
+def candidates(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The trials a final model can come from: scored on the first objective, and feasible."""
+    col = f"best_{info['metric']}"
+    if col not in table:
+        return table.iloc[0:0]
+    kept = table[table[col].notna()]
+    return kept[kept["feasible"]] if "feasible" in kept else kept
+
+
+def pareto_mask(table: pd.DataFrame, columns: list[tuple[str, str]]) -> pd.Series:
+    """Whether each row is on the Pareto front of COLUMNS ((column, 'max' or 'min') pairs): no
+    other row is as good on every column and better on one. Rows missing a value are not."""
+    signs = [1.0 if mode == "min" else -1.0 for _, mode in columns]
+    names = [c for c, _ in columns]
+    if table.empty or not set(names) <= set(table):
+        return pd.Series(False, index=table.index)
+    values = table[names].astype(float)
+    complete = values.notna().all(axis=1)
+    points = (values[complete] * signs).to_numpy()
+    on_front = [not ((points <= p).all(axis=1) & (points < p).any(axis=1)).any() for p in points]
+    return pd.Series(on_front, index=values.index[complete], dtype=bool).reindex(table.index, fill_value=False)
+
+
+def front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The Pareto front of the search's objectives among the completed `candidates` (as Optuna's
+    own front holds COMPLETE trials only: a trial ASHA stopped after one epoch is fast and
+    inaccurate, not a trade-off), best first on the first objective: row N-1 is what
+    `analysis.retrain --pick N` takes. Its `index` column is each row's index in TABLE."""
+    kept = candidates(table, info)
+    if kept.empty:
+        return kept.reset_index()
+    kept = kept[kept["status"] == "completed"] if "status" in kept else kept
+    columns = objective_columns(info)
+    on = kept[pareto_mask(kept, columns)]
+    col, mode = columns[0]
+    return on.sort_values(col, ascending=mode == "min", kind="stable").reset_index()
 
 
 # What each trial's model costs to run (trainables.footprint), from its last report that has them.
@@ -162,11 +238,19 @@ def _footprint(reports: pd.DataFrame) -> dict:
 
 
 def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
-    """Trials ranked best first by their best objective; trials without results go last."""
+    """Trials ranked best first by their best objective, feasible ones (under the search's
+    constraints) before infeasible ones; trials without results go last."""
     col = f"best_{info['metric']}"
     if col not in table:
         return table
-    return table.sort_values(col, ascending=info["mode"] == "min", na_position="last").reset_index(drop=True)
+    # ties on the objective go to the cheaper model (the one a tie's users would deploy)
+    costs = [c for c in ("latency_ms", "params_m") if c in table]
+    board = table.sort_values([col, *costs], ascending=[info["mode"] == "min", *[True] * len(costs)],
+                              na_position="last")
+    if "feasible" in board:  # scored feasible, scored infeasible, then those without a score
+        order = board[col].isna() * 2 + ~board["feasible"].astype(bool)
+        board = board.iloc[order.argsort(kind="stable")]
+    return board.reset_index(drop=True)
 
 
 def write_trials_csv(results_dir: str | Path) -> tuple[pd.DataFrame, Path]:
@@ -182,15 +266,25 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
     col = f"best_{info['metric']}"
     if board.empty or col not in board or board[col].isna().all():
         raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
-    return board[board[col].notna()]
+    kept = candidates(board, info)
+    if kept.empty:
+        said = ", ".join(f"{name} <= {v:g}" for name, v in limits(info).items())
+        raise ResultsError(f"{results_dir}: no trained trial meets the search's constraints ({said}); see "
+                           "`python -m analysis.rank` for how far over each was, then search again with looser "
+                           "search.constraints or smaller models")
+    return kept
 
 
 def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     metric = info["metric"]
     knobs = [k for k in info["knobs"] if k in board]
-    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *FOOTPRINT[:3]] + knobs
+    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *FOOTPRINT[:3], "feasible",
+            "pareto"] + knobs
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
+    for c in ("feasible", "pareto"):  # a mark, not True/False
+        if c in shown:
+            shown[c] = shown[c].map({True: "yes", False: "-" if c == "pareto" else "NO"})
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         return shown.to_string(index=False, na_rep="-")
 

@@ -127,7 +127,8 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
     summ = data.summary(index)
     (exp_dir / "data.json").write_text(json.dumps(summ, indent=2))
     info = {
-        "name": name, "metric": spec.search.metric, "mode": spec.search.mode,
+        "name": name, "metric": spec.search.asha_metric, "mode": spec.search.asha_mode,
+        "objectives": spec.search.objectives, "limits": spec.search.constraints.limits(),
         "knobs": [k for k, kb in spec.knobs.items() if kb.kind != "const"],
         "data_root": str(index.root), "split_file": str(exp_dir / "split.csv"), "class_names": index.classes,
         "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
@@ -232,10 +233,15 @@ def _check_warm_start(previous_dir: str, spec) -> None:
     except Exception as e:  # no study in it, or one Optuna cannot read
         raise space_mod.SpaceError(f"--warm-start {previous_dir}: no readable Optuna study "
                                    f"({type(e).__name__}: {e})") from None
-    if (prev["metric"], prev["mode"]) != (spec.search.metric, spec.search.mode):
-        raise space_mod.SpaceError(f"--warm-start {previous_dir}: that search optimised {prev['metric']} "
-                                   f"({prev['mode']}), this one {spec.search.metric} ({spec.search.mode}); "
-                                   "its scores would mislead the sampler")
+    if results_folder.objectives(prev) != spec.search.objectives:
+        raise space_mod.SpaceError(f"--warm-start {previous_dir}: that search optimised "
+                                   f"{_said(results_folder.objectives(prev))}, this one "
+                                   f"{_said(spec.search.objectives)}; its scores would mislead the sampler")
+
+
+def _said(objectives) -> str:
+    """'val_acc (max), latency_ms (min)'"""
+    return ", ".join(f"{name} ({mode})" for name, mode in objectives)
 
 
 def _check_study_storage(url: str, name: str) -> None:
@@ -272,7 +278,7 @@ def run_search(args, spec, name: str, index):
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
           f"{spec.search.num_samples} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
-          f"reduction {spec.search.scheduler.reduction_factor:g}); objective {spec.search.metric} ({spec.search.mode})")
+          f"reduction {spec.search.scheduler.reduction_factor:g}); {_objective_line(spec)}")
     print(f"results: {exp_dir}", flush=True)
     tuner = _tuner(args, spec, name, exp_dir, state, context, n)
     if info.get("study_storage"):  # absent from an older results folder's search.json: no study to show
@@ -291,6 +297,18 @@ def run_search(args, spec, name: str, index):
         _close_study(args, exp_dir, info)
     print_outcome(args, name, exp_dir, info, table, csv_path, elapsed, finished, interrupted)
     return table, interrupted
+
+
+def _objective_line(spec) -> str:
+    """The objective(s), which one ASHA stops trials on, and the constraints, as the start line says them."""
+    s = spec.search
+    line = (f"objective {_said(s.objectives)}" if len(s.objectives) == 1 else
+            f"objectives {_said(s.objectives)} (Optuna's multi-objective TPE; ASHA stops trials on {s.asha_metric})")
+    limits = s.constraints.limits()
+    if limits:
+        line += "; constraints " + ", ".join(f"{name} <= {v:g}" for name, v in limits.items()) + \
+            " (a configuration over them is not trained)"
+    return line
 
 
 def _concurrency(args, spec, cluster: dict) -> int:
@@ -313,7 +331,7 @@ def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp
     it), and the bench scripts call it too."""
     return TrialContext(
         data_root=str(data_root), split_file=str(split_file), class_names=tuple(class_names),
-        metric=spec.search.metric, mode=spec.search.mode,
+        metric=spec.search.asha_metric, mode=spec.search.asha_mode, limits=spec.search.constraints.limits(),
         cache_dir=str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
         cache_max_gb=spec.data.cache_max_gb, train_storage=str(exp_dir / "train_runs"),
         keep_checkpoints=spec.checkpoint.keep, max_failures=spec.search.max_failures,
@@ -333,7 +351,7 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
             print(f"note: resuming with the resources the search started with ({exp_dir / 'context.json'}), "
                   f"not {args.space}'s", flush=True)
         return tuner_mod.restore(exp_dir, context)
-    callbacks = [ProgressPrinter(spec.search.metric, spec.search.num_samples)]
+    callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples)]
     if args.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -363,6 +381,14 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
           f"{time.time() - args.started:.0f}s wall time in all: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
     print(results_folder.format_board(results_folder.leaderboard(table, info), info, top=5))
+    rejected = int((table["status"] == "rejected").sum()) if "status" in table else 0
+    if rejected:
+        print(f"{rejected} configuration(s) over search.constraints were not trained; the sampler was told "
+              "they are infeasible")
+    if len(results_folder.objectives(info)) > 1:
+        print(f"Pareto front of {', '.join(n for n, _ in results_folder.objectives(info))}: "
+              f"{int(table['pareto'].sum()) if 'pareto' in table else 0} trial(s) (column 'pareto'); "
+              "analysis.retrain --pick N takes its N-th, best first on the first objective")
     failed = table[table["status"].isin(["error", "diverged"])]
     if not failed.empty:
         print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
@@ -435,6 +461,10 @@ def main(argv=None) -> int:
             ray.shutdown()
     if interrupted:
         return EXIT_INTERRUPTED
+    if not table.empty and (table["status"] == "rejected").all():
+        print(f"error: every configuration was over search.constraints ({table['infeasible'].iloc[0]}, ...); "
+              "loosen them, or search smaller models or images", file=sys.stderr)
+        return 1
     if not table.empty and table["status"].isin(["error", "diverged"]).all():
         print(f"error: every trial failed; most common reason: {table['error'].mode().iloc[0]}", file=sys.stderr)
         return 1

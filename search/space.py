@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from trainables.params import KNOBS, TrialParams
 
 METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
+# what a trial's model costs (trainables.footprint): objectives after the first, and constraints
+COSTS = {"latency_ms": "min", "params_m": "min", "model_mb": "min"}
 
 
 class SpaceError(ValueError):
@@ -67,9 +69,29 @@ class SchedulerSpec(_Strict):
     reduction_factor: float = Field(3, gt=1)
 
 
+Mode = Literal["max", "min"]
+
+
+class ConstraintsSpec(_Strict):
+    """Largest allowed figures of a trial's model (trainables.footprint); a configuration over one
+    is not trained, and the sampler is told it is infeasible."""
+
+    max_latency_ms: Optional[float] = Field(None, gt=0, description="batch-1 latency on one CPU thread, at the "
+                                                                     "trial's image size, in ms")
+    max_params_m: Optional[float] = Field(None, gt=0, description="parameters, in millions")
+    max_model_mb: Optional[float] = Field(None, gt=0, description="size of the model's weights, in MB")
+
+    def limits(self) -> dict[str, float]:
+        """Figure name -> largest allowed value, for the constraints set (TrialContext.limits)."""
+        return {name.removeprefix("max_"): v for name, v in self.model_dump().items() if v is not None}
+
+
 class SearchSpec(_Strict):
-    metric: Literal["val_acc", "val_macro_f1", "val_min_recall", "val_loss"] = "val_acc"
-    mode: Optional[Literal["max", "min"]] = None
+    metric: Union[str, list[str]] = Field(
+        "val_acc", description="the objective, or a list for a multi-objective search: a validation metric first "
+                               "(ASHA stops trials on it), then costs of the model, e.g. [val_acc, latency_ms]")
+    mode: Union[Mode, list[Mode], None] = None
+    constraints: ConstraintsSpec = ConstraintsSpec()
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: Union[int, Literal["auto"]] = "auto"
     time_budget_s: Optional[float] = Field(None, gt=0)
@@ -79,16 +101,73 @@ class SearchSpec(_Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     points_to_evaluate: list[dict[str, Any]] = []
 
+    @field_validator("metric")
+    @classmethod
+    def _known_objectives(cls, metric):
+        names = metric if isinstance(metric, list) else [metric]
+        allowed = {**METRICS, **COSTS}
+        for name in names:
+            if name not in allowed:
+                listed = ", ".join(METRICS) if isinstance(metric, str) else ", ".join(allowed)
+                raise ValueError(f"unknown objective {name!r}; {_did_you_mean(name, allowed)}allowed: {listed}"
+                                 + ("" if isinstance(metric, list) else "; a list adds costs: [val_acc, latency_ms]"))
+        _check_objectives(names)
+        return names[0] if len(names) == 1 else names
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_matches_metric(cls, mode, info):
+        metric = info.data.get("metric")
+        if metric is None or mode is None:  # a bad metric is said on its own; no mode: each objective's own
+            return mode
+        names = metric if isinstance(metric, list) else [metric]
+        modes = mode if isinstance(mode, list) else [mode] * len(names)
+        if len(modes) != len(names):
+            raise ValueError(f"{len(modes)} directions for {len(names)} objectives; drop mode (each objective's "
+                             "own direction is used) or give one per objective")
+        for name, got in zip(names, modes):
+            want = {**METRICS, **COSTS}[name]
+            if got != want:
+                raise ValueError(f"metric {name} is optimised with mode {want!r}, not {got!r}")
+        return modes if isinstance(metric, list) else modes[0]
+
     @model_validator(mode="after")
-    def _mode_matches_metric(self):
-        want = METRICS[self.metric]
+    def _defaults(self):
         if self.mode is None:
-            self.mode = want
-        elif self.mode != want:
-            raise ValueError(f"metric {self.metric} is optimised with mode {want!r}, not {self.mode!r}")
+            modes = [{**METRICS, **COSTS}[n] for n in ([self.metric] if isinstance(self.metric, str) else self.metric)]
+            self.mode = modes if isinstance(self.metric, list) else modes[0]
         if isinstance(self.max_concurrent_trials, int) and self.max_concurrent_trials < 1:
             raise ValueError("max_concurrent_trials must be 'auto' or >= 1")
         return self
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(name, mode) of each objective; the first is the one ASHA, checkpoints and early stops follow."""
+        if isinstance(self.metric, list):
+            return list(zip(self.metric, self.mode))
+        return [(self.metric, self.mode)]
+
+    @property
+    def asha_metric(self) -> str:
+        return self.objectives[0][0]
+
+    @property
+    def asha_mode(self) -> str:
+        return self.objectives[0][1]
+
+
+def _check_objectives(names: list[str]) -> None:
+    """A multi-objective search ranks trials on a validation metric first (ASHA can only stop trials
+    on one objective, and a model's costs are the same at every epoch) and on costs after it."""
+    if len(set(names)) < len(names):
+        raise ValueError(f"metric lists an objective twice: {names}")
+    if names[0] not in METRICS:
+        raise ValueError(f"the first objective is the one ASHA stops trials on, so it must be a validation metric "
+                         f"({', '.join(METRICS)}), got {names[0]!r}; e.g. metric: [val_acc, {names[0]}]")
+    later = [n for n in names[1:] if n not in COSTS]
+    if later:
+        raise ValueError(f"objectives after the first are costs of the model ({', '.join(COSTS)}), got {later[0]!r}: "
+                         "ASHA and the kept checkpoints follow one validation metric, the first")
 
 
 class ResourcesSpec(_Strict):
@@ -172,6 +251,7 @@ def _did_you_mean(word: str, allowed) -> str:
 
 
 def _fail(path: Path, key: str, msg: str) -> SpaceError:
+    msg = msg.removeprefix("Value error, ")  # pydantic's prefix to a validator's own message
     return SpaceError(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
 
 

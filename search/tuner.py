@@ -7,7 +7,8 @@ whose Tune actor holds only a `trial_driver` token (so drivers never starve thei
 workers) and whose retries are Train's.
 
 Ray 2.60 rules this follows:
-- metric/mode go on OptunaSearch and TuneConfig, never on ASHAScheduler;
+- metric/mode go on OptunaSearch and TuneConfig, never on ASHAScheduler; a multi-objective search
+  gives OptunaSearch the list and TuneConfig (ASHA, the kept checkpoints) the first objective;
 - ASHA counts our 1-based `epoch`, not `training_iteration` (which restarts on resume);
 - concurrency is what the cluster's CPUs/GPUs can hold at once.
 """
@@ -81,16 +82,20 @@ def restore(exp_dir, context: TrialContext):
 
 
 def searcher(spec: SpaceFile, name: str, study_storage=None):
-    """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs."""
+    """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs:
+    single- or multi-objective (the study's directions are the space's modes), told which trials
+    are over the space's constraints."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
     startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
+    names, modes = zip(*s.objectives)
     return ray_internals.EpochOptunaSearch(
         YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}),
-        metric=s.metric,
-        mode=s.mode,
+        metric=list(names) if len(names) > 1 else names[0],
+        mode=list(modes) if len(modes) > 1 else modes[0],
+        limits=s.constraints.limits(),
         sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
         study_name=name,
@@ -114,8 +119,8 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
     return tune.Tuner(
         trainable(context),
         tune_config=tune.TuneConfig(
-            metric=s.metric,
-            mode=s.mode,
+            metric=s.asha_metric,
+            mode=s.asha_mode,
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=s.num_samples,
@@ -132,7 +137,7 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
             # a TorchTrainer trial retries inside Train (trainables.driver); not twice
             failure_config=tune.FailureConfig(max_failures=s.max_failures if in_actor else 0),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=s.metric,
-                checkpoint_score_order=s.mode),
+                num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=s.asha_metric,
+                checkpoint_score_order=s.asha_mode),
         ),
     )

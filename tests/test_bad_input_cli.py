@@ -10,14 +10,22 @@ from trainables.params import KNOBS
 
 ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("search: {num_sample: 3}\n",
-     "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, num_samples, "
+     "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, constraints, num_samples, "
      "max_concurrent_trials, time_budget_s, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
     ("space: {learning_rate: 0.1}\n",
      f"space.learning_rate: unknown knob; did you mean 'lr'? knobs: {', '.join(KNOBS)}"),
     ("search: {num_samples: many}\n",
      "search.num_samples: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
     ("search: {metric: val_accuracy}\n",
-     "search.metric: Input should be 'val_acc', 'val_macro_f1', 'val_min_recall' or 'val_loss' (got 'val_accuracy')"),
+     "search.metric: unknown objective 'val_accuracy'; did you mean 'val_acc'? allowed: val_acc, val_macro_f1, "
+     "val_min_recall, val_loss; a list adds costs: [val_acc, latency_ms] (got 'val_accuracy')"),
+    ("search: {constraints: {max_latency: 20}}\n",
+     "search.constraints.max_latency: unknown key; did you mean 'max_latency_ms'? allowed: max_latency_ms, "
+     "max_params_m, max_model_mb"),
+    ("search: {metric: [latency_ms, val_acc]}\n",
+     "search.metric: the first objective is the one ASHA stops trials on, so it must be a validation metric "
+     "(val_acc, val_macro_f1, val_min_recall, val_loss), got 'latency_ms'; e.g. metric: [val_acc, latency_ms] "
+     "(got ['latency_ms', 'val_acc'])"),
     ("space: {lr: {float: [0.1, 0.1]}}\n",
      "space.lr.float: range [0.1, 0.1] is empty: need low < high (write a constant for a single value)"),
     ("space: {lr: {float: [0.1, 0.001]}}\n",
@@ -38,7 +46,7 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("space:\n  lr_schedule: {choice: [constant, step]}\n  step_size: {int: [2, 5]}\n",
      "space.step_size: is searched but applies to lr_schedule 'step' only: add when: {lr_schedule: step}"),
     ("space: {head_hidden: '512,abc'}\n",
-     "space.head_hidden: Value error, head_hidden must be layer widths such as 256, '512,256' or [512, 256] "
+     "space.head_hidden: head_hidden must be layer widths such as 256, '512,256' or [512, 256] "
      "(got '512,abc')"),
     ("space: {activation: tanh}\n", "space.activation: Input should be 'relu', 'swish', 'silu', 'gelu', 'leaky_relu' "
      "or 'sigmoid' (got 'tanh')"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTEXT_FILE = "context.json"
@@ -53,6 +53,9 @@ class TrialContext:
     keep_checkpoints: int
     max_failures: int
     resources: Resources
+    # the space's search.constraints as figure -> largest allowed value (trainables.footprint):
+    # a trial whose model is over one is not trained
+    limits: dict[str, float] = field(default_factory=dict)
 
     def on_this_machine(self) -> "TrialContext":
         """This context, its image cache one this machine can write: the search's own where it

@@ -8,8 +8,10 @@ CPU server or an edge box, so every trial measures its model once:
 - on a GPU also `gpu_latency_ms` (batch 1) and `gpu_images_per_s` at the trial's batch size.
 
 The architecture and image size fix these figures, the weights do not change them, so a trial
-measures after its first epoch and every report from then on, its last included, carries them
-(`trainables.train_loop`). `footprint_s` says what measuring cost the trial.
+measures once, before its first epoch, and every report, its last included, carries them
+(`trainables.train_loop`). `footprint_s` says what measuring cost the trial. Measuring first
+lets a search with limits (`search.constraints`: `TrialContext.limits`, judged by
+`trainables.limits`) leave a configuration over them untrained.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def measure(model: torch.nn.Module, image_size: int, device: torch.device, batch
         "latency_ms": cpu_latency_ms(cpu_model, image_size),
     }
     if device.type == "cuda":
-        out.update(gpu_figures(model, image_size, batch_size, device))
+        out.update(gpu_figures(cpu_model.to(device), image_size, batch_size, device))
     out["footprint_s"] = time.perf_counter() - started
     return out
 
@@ -51,13 +53,9 @@ def cpu_latency_ms(model: torch.nn.Module, image_size: int, runs: int = LATENCY_
 
 
 def gpu_figures(model: torch.nn.Module, image_size: int, batch_size: int, device: torch.device) -> dict:
-    was_training = model.training
-    model.eval()
-    try:
-        one = _timed(model, torch.zeros(1, 3, image_size, image_size, device=device), LATENCY_RUNS, sync=True)
-        batch = _timed(model, torch.zeros(batch_size, 3, image_size, image_size, device=device), 5, sync=True)
-    finally:
-        model.train(was_training)
+    """Batch-1 latency and images/s at BATCH_SIZE of MODEL (in eval mode, on DEVICE)."""
+    one = _timed(model, torch.zeros(1, 3, image_size, image_size, device=device), LATENCY_RUNS, sync=True)
+    batch = _timed(model, torch.zeros(batch_size, 3, image_size, image_size, device=device), 5, sync=True)
     return {"gpu_latency_ms": 1000 * statistics.median(one), "gpu_images_per_s": batch_size / statistics.median(batch)}
 
 

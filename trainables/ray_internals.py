@@ -148,7 +148,8 @@ def _epoch_optuna_search_class():
     from ray.tune.search.optuna import OptunaSearch
 
     class EpochOptunaSearch(OptunaSearch):
-        """OptunaSearch that reports per epoch and tells ASHA-stopped trials to Optuna as PRUNED.
+        """OptunaSearch that reports per epoch, tells ASHA-stopped trials to Optuna as PRUNED, and
+        tells it each trial's model footprint and how far over the search's LIMITS it is.
 
         Ray's `OptunaSearch` tells Optuna every trial that ends without an error as COMPLETE with
         its last score, ASHA-stopped ones included (its states since ray-project/ray#15283), and
@@ -157,14 +158,30 @@ def _epoch_optuna_search_class():
         subclass reports each epoch at step = `epoch`, ends an ASHA-stopped trial (fewer epochs than
         it planned) as PRUNED, so that TPE treats it as one of Optuna's own pruned trials, and a
         completed trial (all its epochs, or stopped by its own early-stop patience) as COMPLETE with
-        its best score (the one its kept checkpoint has). It uses OptunaSearch's private
-        `_ot_trials`, `_ot_study` and `_completed_trials`."""
+        its best score (the one its kept checkpoint has).
+
+        The footprint (trainables.footprint) becomes the Optuna trial's user attributes, and each
+        limit a constraint (`Trial.set_constraint`: figure minus limit, > 0 infeasible), which
+        TPE ranks below every feasible trial; a trial over a limit was never trained and ends
+        PRUNED. In a multi-objective search (METRIC a list: a validation metric, then costs)
+        the values told are the first objective's best and the model's costs; Optuna takes no
+        intermediate values there. It uses OptunaSearch's private `_ot_trials`, `_ot_study` and
+        `_completed_trials`."""
+
+        def __init__(self, *args, limits: dict[str, float] | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._limits = dict(limits or {})
 
         def _reported(self, trial_id: str) -> dict[int, float]:
             """Epoch → value told to Optuna so far (kept in the searcher, so it survives a resume)."""
             if not hasattr(self, "_epochs"):
                 self._epochs: dict[str, dict[int, float]] = {}
             return self._epochs.setdefault(trial_id, {})
+
+        @property
+        def _names(self) -> list[str]:
+            """The objectives: the first is the validation metric reported each epoch."""
+            return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
         def suggest(self, trial_id: str) -> dict | None:
             config = super().suggest(trial_id)
@@ -175,13 +192,27 @@ def _epoch_optuna_search_class():
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            value, epoch = result.get(self.metric), result.get("epoch")
+            self._tell_footprint(trial_id, result)
+            value, epoch = result.get(self._names[0]), result.get("epoch")
             if value is None or epoch is None or not math.isfinite(value):
                 return
             reported = self._reported(trial_id)
             if int(epoch) not in reported:  # an epoch redone after a restore is not reported twice
                 reported[int(epoch)] = float(value)
-                _guarded(self._ot_trials[trial_id].report, float(value), int(epoch))
+                if len(self._names) == 1:  # Optuna takes no intermediate values in a multi-objective study
+                    _guarded(self._ot_trials[trial_id].report, float(value), int(epoch))
+
+        def _tell_footprint(self, trial_id: str, result: dict) -> None:
+            """The model's figures as user attributes and its constraints, once per trial."""
+            trial = self._ot_trials[trial_id]
+            if result.get("latency_ms") is None or "latency_ms" in trial.user_attrs:
+                return
+            for name in ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "infeasible"):
+                if result.get(name) is not None:
+                    _guarded(trial.set_user_attr, name, result[name])
+            for name, limit in self._limits.items():
+                if result.get(name) is not None:
+                    _guarded(trial.set_constraint, name, float(result[name]) - limit)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -194,14 +225,21 @@ def _epoch_optuna_search_class():
             # fewer epochs than planned: ASHA stopped it, unless its own early-stop patience did
             stopped = bool(result) and result.get("epoch", 0) < result.get("epoch_of", 0) \
                 and not result.get("early_stopped")
-            if error or not reported:
+            costs = [(result or {}).get(name) for name in self._names[1:]]
+            if not error and result and result.get("infeasible"):  # not trained; its constraints say why
+                _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
+            elif error or not reported or None in costs:
                 _guarded(self._ot_study.tell, trial, state=TrialState.FAIL)
             elif stopped:  # Optuna takes its last intermediate value
                 _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
             else:
-                best = max(reported.values()) if self.mode == "max" else min(reported.values())
-                _guarded(self._ot_study.tell, trial, best, state=TrialState.COMPLETE)
+                best = max(reported.values()) if self._mode_of_first() == "max" else min(reported.values())
+                values = [best, *map(float, costs)] if costs else best
+                _guarded(self._ot_study.tell, trial, values, state=TrialState.COMPLETE)
             self._completed_trials.add(trial_id)
+
+        def _mode_of_first(self) -> str:
+            return self.mode[0] if isinstance(self.mode, list) else self.mode
 
     EpochOptunaSearch.__module__, EpochOptunaSearch.__qualname__ = __name__, "EpochOptunaSearch"
     return EpochOptunaSearch

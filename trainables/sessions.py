@@ -6,8 +6,9 @@
 - `LocalSession`: in this process, reports kept in `history` (the retrain, tests, benches).
 
 A session gives `fit` its rank and world size, its device, `prepare_model` (DDP wrapping where
-there is more than one worker), the checkpoint to restore from, `report(row, save)` and
-`all_sum`, which adds a tensor over all workers so that every rank reports the same metrics.
+there is more than one worker), the checkpoint to restore from, `report(row, save)` (SAVE
+writes the checkpoint into a folder; None: a report without one) and `all_sum`, which adds a
+tensor over all workers so that every rank reports the same metrics.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class LocalSession:
 
     def report(self, row: dict, save) -> None:
         self.history.append(row)
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and save is not None:
             save(self.checkpoint_dir)
 
 
@@ -131,6 +132,9 @@ class TuneSession(LocalSession):
     def report(self, row: dict, save) -> None:
         row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb(),
                "worker_memory_at_start_mb": self.memory_at_start}
+        if save is None:
+            self._tune.report(row)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             save(tmp)
             self._tune.report(row, checkpoint=self._tune.Checkpoint.from_directory(tmp))
@@ -181,7 +185,7 @@ class RayTrainSession:
         row = {**row, "node_id": self.node_id, "worker_pid": os.getpid(), "worker_memory_mb": anon_memory_mb()}
         with tempfile.TemporaryDirectory() as tmp:
             ck = None
-            if self.rank == 0:
+            if self.rank == 0 and save is not None:
                 save(tmp)
                 ck = self._train.Checkpoint.from_directory(tmp)
             self._train.report(row, checkpoint=ck)  # every rank reports; Tune takes rank 0's

@@ -26,6 +26,7 @@ from trainables import (
     data,
     footprint,
     imbalance,
+    limits,
     metrics,
     models,
     optim,
@@ -91,7 +92,15 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     workers each trains on an equal share of every epoch's batches (DDP), and the reported
     losses and metrics are sums over all workers: every rank reports the same row.
     """
-    t = _setup(TrialParams.model_validate(config), context, session, train_splits, val_split, lr_path)
+    params = TrialParams.model_validate(config)
+    model = models.build(params.model_dump(), len(context.class_names))
+    figures = _measure(model, params, session) if val_split else {}  # a refit trains what was chosen
+    over = limits.describe_over(figures, context.limits)
+    if over:  # over the search's limits: never deployable, so not trained; the sampler learns why
+        row = {"epoch": 0, "epoch_of": params.epochs, context.metric: math.nan, **figures, "infeasible": over}
+        session.report(row, None)
+        return row
+    t = _setup(params, model, figures, context, session, train_splits, val_split, lr_path)
     last: dict = {}
     try:
         for epoch in range(_restore(session, t), min(t.params.epochs, stop_after_epoch or t.params.epochs) + 1):
@@ -132,11 +141,24 @@ class _Trial:
     nhwc: bool
     amp: bool
     compile: bool
-    footprint: dict | None = None  # trainables.footprint's figures, measured after the first epoch
+    footprint: dict  # trainables.footprint's figures, measured before the first epoch (none for a refit)
 
 
-def _setup(params: TrialParams, context: TrialContext, session, train_splits, val_split, lr_path) -> _Trial:
-    """Load the trial's images (from the decoded cache) and build its model, optimiser and schedule."""
+def _measure(model: torch.nn.Module, params: TrialParams, session) -> dict:
+    """The model's footprint, measured by rank 0; every rank gets its size and CPU latency, so that
+    all of them decide alike whether the trial trains."""
+    figures = footprint.measure(model, params.image_size, session.device, params.batch_size) \
+        if session.rank == 0 else {}
+    if session.world_size > 1:
+        shared = ("params_m", "model_mb", "latency_ms")
+        summed = session.all_sum(torch.tensor([figures.get(k, 0.0) for k in shared], device=session.device))
+        figures = {**figures, **{k: float(v) for k, v in zip(shared, summed.tolist())}}
+    return figures
+
+
+def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: TrialContext, session, train_splits,
+           val_split, lr_path) -> _Trial:
+    """Load the trial's images (from the decoded cache); build the MODEL's optimiser and schedule."""
     p = params.model_dump()
     classes = list(context.class_names)
     _seed_everything(params.seed + session.rank)
@@ -146,7 +168,6 @@ def _setup(params: TrialParams, context: TrialContext, session, train_splits, va
     x_train, y_train = load([r for r in rows if r.split in train_splits])
     meta = {"arch": params.model, "params": p, "num_classes": len(classes), "class_names": classes,
             "image_size": params.image_size, **preprocess.resolve(p), "objective": context.metric}
-    model = models.build(p, len(classes))
     backbone_params, head_params = models.param_groups(model)
     opt = optim.make_optimizer(params, backbone_params, head_params)
     loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
@@ -162,7 +183,8 @@ def _setup(params: TrialParams, context: TrialContext, session, train_splits, va
         loss_weight=loss_weight.to(session.device) if loss_weight is not None else None,
         mix=augment.batch_mix(params, len(classes)), normalize=preprocess.Normalizer(meta, session.device),
         nhwc=models.prefers_channels_last(params.model, session.device),
-        amp=params.mixed_precision and session.device.type == "cuda", compile=context.resources.compile)
+        amp=params.mixed_precision and session.device.type == "cuda", compile=context.resources.compile,
+        footprint=figures)
 
 
 def _restore(session, t: _Trial) -> int:
@@ -197,10 +219,7 @@ def _epoch(t: _Trial, session, epoch: int) -> dict:
         session.sync_buffers(checkpoint.unwrap(t.model))
         row.update(evaluate(checkpoint.unwrap(t.model), t.meta, *t.val, device=session.device, amp=t.amp,
                             session=session))
-    if t.footprint is None and session.rank == 0:  # the model's size and latency: once, in every later report
-        t.footprint = footprint.measure(checkpoint.unwrap(t.model), t.params.image_size, session.device,
-                                        t.params.batch_size)
-    row.update(t.footprint or {})
+    row.update(t.footprint)  # the model's size and latency, measured once, in every report
     row["epoch_of"] = t.params.epochs
     objective, mode = t.objective
     t.lr_schedule.after_epoch(epoch, row[objective], mode)

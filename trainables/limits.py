@@ -1,0 +1,29 @@
+"""A model's footprint against a search's limits (`search.constraints`, `TrialContext.limits`).
+
+LIMITS map a figure of `trainables.footprint` (`latency_ms`, `params_m`, `model_mb`) to its
+largest allowed value. The trial (not training a configuration over them), the searcher
+(Optuna's constraints) and the results folder (which trials are feasible) judge with these.
+No torch here: the results folder is read without it.
+"""
+from __future__ import annotations
+
+
+def over_limits(figures: dict, limits: dict[str, float]) -> dict[str, float]:
+    """Each figure of FIGURES over its limit, with how far over it is (what Optuna's constraints
+    take: > 0 is infeasible). A figure not measured (a GPU figure on a CPU) is not judged."""
+    return {name: float(figures[name]) - limit for name, limit in limits.items()
+            if _known(figures.get(name)) and float(figures[name]) > limit}
+
+
+def describe_over(figures: dict, limits: dict[str, float]) -> str:
+    """'latency_ms 4.1 > 2' for each figure over its limit, '; '-joined ('' when within them all)."""
+    return "; ".join(f"{name} {float(figures[name]):.3g} > {limits[name]:g}" for name in over_limits(figures, limits))
+
+
+def within(figures: dict, limits: dict[str, float]) -> bool:
+    """Whether every limited figure was measured and is within its limit."""
+    return all(_known(figures.get(name)) for name in limits) and not over_limits(figures, limits)
+
+
+def _known(value) -> bool:
+    return value is not None and value == value  # NaN: a trial table's missing figure
