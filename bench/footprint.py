@@ -1,6 +1,6 @@
 """What measuring a trial's model costs the trial: `trainables.footprint` against the trial's time.
 
-Each trial measures its model once, after its first epoch (parameters, weights size, and the
+Each trial measures its model once, before its first epoch (parameters, weights size, and the
 median of 20 batch-1 forward passes on one CPU thread, after 3 warm-up ones). The issue's bar:
 at most 2 % of a trial's time. This trains, in this process with the search's own `fit`, the
 default space's two kinds of trial on the embedded images (a pretrained EfficientNet-Lite0 and

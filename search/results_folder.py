@@ -225,8 +225,9 @@ def front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
     kept = kept[kept["status"] == "completed"] if "status" in kept else kept
     columns = objective_columns(info)
     on = kept[pareto_mask(kept, columns)]
-    col, mode = columns[0]
-    return on.sort_values(col, ascending=mode == "min", kind="stable").reset_index()
+    keys = [c for c, _ in columns] + (["trial_id"] if "trial_id" in on else [])  # ties: the same order always
+    return on.sort_values(keys, ascending=[m == "min" for _, m in columns] + [True] * (len(keys) - len(columns)),
+                          kind="stable").reset_index()
 
 
 # What each trial's model costs to run (trainables.footprint), from its last report that has them.

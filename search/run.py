@@ -199,7 +199,7 @@ def warm_start(previous_dir: str, search_alg, spec) -> None:
     configuration as the first trial the sampler gives (after the space's points_to_evaluate)."""
     prev = study_mod.load(previous_dir, results_folder.read_search_info(previous_dir))
     study, dists = ray_internals.study_of(search_alg), study_mod.distributions(spec)
-    added, dropped = study_mod.warm_start(study, prev, dists)
+    added, dropped = study_mod.warm_start(study, prev, dists, spec.search.constraints.limits())
     print(f"warm start: {added} finished trials of {previous_dir} seed the sampler"
           + (f"; knobs left out (not in this space, or out of its range): {', '.join(dropped)}" if dropped else ""),
           flush=True)

@@ -71,9 +71,10 @@ def fits(dist, value) -> bool:
         return False
 
 
-def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
+def warm_start(study, previous, dists: dict, limits: dict | None = None) -> tuple[int, list[str]]:
     """Add PREVIOUS study's completed and pruned trials to STUDY, each with its knobs that the new
-    space has with a compatible range (the others are dropped). Returns (trials added, knobs
+    space has with a compatible range (the others are dropped), and with its model's figures
+    judged against the new search's LIMITS (its constraints). Returns (trials added, knobs
     dropped). TPE then starts from what the earlier search learned (see also rerun_best)."""
     import optuna
     from optuna.trial import TrialState
@@ -88,10 +89,14 @@ def warm_start(study, previous, dists: dict) -> tuple[int, list[str]]:
                 dropped.add(name)
         if not params:
             continue
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={n: dists[n] for n in params}, value=t.value, state=t.state,
+        trial = optuna.trial.create_trial(
+            params=params, distributions={n: dists[n] for n in params}, values=t.values, state=t.state,
             intermediate_values=t.intermediate_values,
-            user_attrs={**t.user_attrs, "warm_start_from": f"{previous.study_name} #{t.number}"}))
+            user_attrs={**t.user_attrs, "warm_start_from": f"{previous.study_name} #{t.number}"})
+        for name, limit in (limits or {}).items():
+            if t.user_attrs.get(name) is not None:
+                trial.set_constraint(name, float(t.user_attrs[name]) - limit)
+        study.add_trial(trial)
         added += 1
     return added, sorted(dropped)
 
@@ -101,9 +106,11 @@ def rerun_best(study, previous, dists: dict) -> dict | None:
     its knobs fits the new space: a warm-started search tries the best known configuration
     first, so it has the earlier search's best in hand from its first trial on, and TPE
     searches on from there. Returns the queued parameters (None: nothing fit)."""
+    if len(previous.directions) > 1:  # a multi-objective study has a front, not one best
+        return None
     try:
-        best = previous.best_trial
-    except ValueError:  # no completed trial
+        best = previous.best_trial  # the best feasible one, under the earlier search's constraints
+    except ValueError:  # no completed (feasible) trial
         return None
     if not best.params or not all(n in dists and fits(dists[n], v) for n, v in best.params.items()):
         return None

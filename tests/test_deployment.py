@@ -215,3 +215,22 @@ def test_the_shipped_deploy_space_is_valid():
                        ["search.metric=[val_acc, latency_ms]", "search.constraints={}"])
     assert front.search.objectives == [("val_acc", "max"), ("latency_ms", "min")]
     assert front.search.asha_metric == "val_acc" and not front.search.constraints.limits()
+
+
+@pytest.mark.timeout(60)
+def test_a_warm_start_judges_the_earlier_trials_against_the_new_limits():
+    """The earlier search's figures, not its constraints: its limits may have been other ones."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {"cnn_width": optuna.distributions.CategoricalDistribution([8, 64])}
+    earlier = optuna.create_study(directions=["maximize", "minimize"])
+    for width, acc, params_m in ((8, 0.7, 0.006), (64, 0.8, 0.37)):
+        t = optuna.trial.create_trial(params={"cnn_width": width}, distributions=dists, values=[acc, params_m],
+                                      user_attrs={"params_m": params_m})
+        earlier.add_trial(t)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    added, dropped = study_mod.warm_start(study, earlier, dists, {"params_m": 0.05})
+    assert (added, dropped) == (2, [])
+    by_width = {t.params["cnn_width"]: t for t in study.trials}
+    assert by_width[8].constraints["params_m"] < 0 < by_width[64].constraints["params_m"]
+    assert by_width[64].values == pytest.approx([0.8, 0.37])
+    assert study_mod.rerun_best(study, earlier, dists) is None  # a front has no one best to re-run

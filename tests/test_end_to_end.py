@@ -200,7 +200,7 @@ def test_report_renders_every_section(searched, tmp_path):
     for section in analysis_report.SECTIONS:
         px = _screenshot(_only(page, section), tmp_path, section)
         assert inked(px) > 2_000, f"section {section} renders (almost) nothing"
-        if section in ("curves", "knobs", "best"):
+        if section in ("deployment", "curves", "knobs", "best"):
             assert coloured(px) > 100, f"section {section} shows no plot"
 
 

@@ -38,4 +38,4 @@ def test_every_report_from_the_first_epoch_carries_one_measurement(folder, tmp_p
     train_loop.fit(*config_for(folder, tmp_path, lr=0.01, epochs=3), session)
     rows = session.history
     assert all(r["params_m"] > 0 and r["model_mb"] > 0 and r["latency_ms"] > 0 for r in rows)
-    assert len({(r["latency_ms"], r["footprint_s"]) for r in rows}) == 1  # measured once, after epoch 1
+    assert len({(r["latency_ms"], r["footprint_s"]) for r in rows}) == 1  # measured once, before epoch 1

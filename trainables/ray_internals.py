@@ -210,7 +210,7 @@ def _epoch_optuna_search_class():
             for name in ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "infeasible"):
                 if result.get(name) is not None:
                     _guarded(trial.set_user_attr, name, result[name])
-            for name, limit in self._limits.items():
+            for name, limit in getattr(self, "_limits", {}).items():  # a searcher pickled before limits: none
                 if result.get(name) is not None:
                     _guarded(trial.set_constraint, name, float(result[name]) - limit)
 

@@ -93,6 +93,7 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     losses and metrics are sums over all workers: every rank reports the same row.
     """
     params = TrialParams.model_validate(config)
+    _seed_everything(params.seed + session.rank)  # before the model's initial weights are drawn
     model = models.build(params.model_dump(), len(context.class_names))
     figures = _measure(model, params, session) if val_split else {}  # a refit trains what was chosen
     over = limits.describe_over(figures, context.limits)
@@ -161,7 +162,6 @@ def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: 
     """Load the trial's images (from the decoded cache); build the MODEL's optimiser and schedule."""
     p = params.model_dump()
     classes = list(context.class_names)
-    _seed_everything(params.seed + session.rank)
     rows = data.read_split(context.split_file, tuple(train_splits) + ((val_split,) if val_split else ()))
     load = functools.partial(data.load_images, context.data_root, classes=classes, image_size=params.image_size,
                              cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
