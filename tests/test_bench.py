@@ -18,7 +18,8 @@ from tests.conftest import ROOT
     ("asha.py", r"goal<=0\.33"),
     ("final_model.py", r"goal>=1"),
     ("footprint.py", r"goal<=0\.02"),
-])  # bench/warm_start.py --quick is left out (two searches, a minute): tests/test_live_study.py warm-starts
+])  # left out: bench/warm_start.py --quick (two searches, a minute; tests/test_live_study.py warm-starts) and
+# bench/constraints.py --quick (a search; tests/test_deployment.py runs a constrained one)
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
