@@ -39,3 +39,20 @@ def test_every_report_from_the_first_epoch_carries_one_measurement(folder, tmp_p
     rows = session.history
     assert all(r["params_m"] > 0 and r["model_mb"] > 0 and r["latency_ms"] > 0 for r in rows)
     assert len({(r["latency_ms"], r["footprint_s"]) for r in rows}) == 1  # measured once, before epoch 1
+
+
+@pytest.mark.timeout(120)
+def test_one_architecture_is_measured_once_per_machine_and_another_is_not_taken_for_it(tmp_path):
+    """Two trials of one model (other learning rates, other weights) get one latency: measured
+    apart on a busy machine, noise alone would set them apart on the accuracy/latency front."""
+    cpu = torch.device("cpu")
+    first = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8}, 3), 32, cpu, 8, tmp_path)
+    again = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8, "seed": 5}, 3), 32, cpu, 8, tmp_path)
+    assert {k: v for k, v in again.items() if k != "footprint_s"} == \
+        {k: v for k, v in first.items() if k != "footprint_s"}
+    assert len(list((tmp_path / footprint.FOLDER).glob("*.json"))) == 1
+    wider = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 16}, 3), 32, cpu, 8, tmp_path)
+    larger = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8}, 3), 64, cpu, 8, tmp_path)
+    assert wider["params_m"] > first["params_m"] and larger["params_m"] == first["params_m"]
+    assert larger["latency_ms"] != first["latency_ms"]  # measured itself, at its own image size
+    assert len(list((tmp_path / footprint.FOLDER).glob("*.json"))) == 3

@@ -95,7 +95,7 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     params = TrialParams.model_validate(config)
     _seed_everything(params.seed + session.rank)  # before the model's initial weights are drawn
     model = models.build(params.model_dump(), len(context.class_names))
-    figures = _measure(model, params, session) if val_split else {}  # a refit trains what was chosen
+    figures = _measure(model, params, context, session) if val_split else {}  # a refit trains what was chosen
     over = limits.describe_over(figures, context.limits)
     if over:  # over the search's limits: never deployable, so not trained; the sampler learns why
         row = {"epoch": 0, "epoch_of": params.epochs, context.metric: math.nan, **figures, "infeasible": over}
@@ -145,11 +145,11 @@ class _Trial:
     footprint: dict  # trainables.footprint's figures, measured before the first epoch (none for a refit)
 
 
-def _measure(model: torch.nn.Module, params: TrialParams, session) -> dict:
-    """The model's footprint, measured by rank 0; every rank gets its size and CPU latency, so that
-    all of them decide alike whether the trial trains."""
-    figures = footprint.measure(model, params.image_size, session.device, params.batch_size) \
-        if session.rank == 0 else {}
+def _measure(model: torch.nn.Module, params: TrialParams, context: TrialContext, session) -> dict:
+    """The model's footprint, measured by rank 0 (once per architecture and machine); every rank
+    gets its size and CPU latency, so that all of them decide alike whether the trial trains."""
+    figures = footprint.measure_once(model, params.image_size, session.device, params.batch_size,
+                                     context.cache_dir) if session.rank == 0 else {}
     if session.world_size > 1:
         shared = ("params_m", "model_mb", "latency_ms")
         summed = session.all_sum(torch.tensor([figures.get(k, 0.0) for k in shared], device=session.device))
