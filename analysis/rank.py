@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()) if not table.empty else "none"
     print(f"{info['name']}: {len(table)} trials ({counts}); objective {info['metric']} ({info['mode']})")
     print(results_folder.format_board(board, info, top=args.top))
+    front = results_folder.format_front(table, info)
+    if front:
+        print("\n" + front)
     print(f"\nleaderboard: {out}")
     return 0
 

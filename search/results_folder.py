@@ -265,7 +265,9 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
     """The leaderboard restricted to trials that reported the objective, best first (never empty)."""
     board = leaderboard(trials_table(results_dir), info)
     col = f"best_{info['metric']}"
-    if board.empty or col not in board or board[col].isna().all():
+    trained = col in board and board[col].notna().any()
+    rejected = "status" in board and (board["status"] == "rejected").any()
+    if not trained and not rejected:
         raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
     kept = candidates(board, info)
     if kept.empty:
@@ -280,7 +282,7 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     metric = info["metric"]
     knobs = [k for k in info["knobs"] if k in board]
     cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *FOOTPRINT[:3], "feasible",
-            "pareto"] + knobs
+            "pareto"] + knobs + ["infeasible"]
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
     for c in ("feasible", "pareto"):  # a mark, not True/False
@@ -288,6 +290,20 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
             shown[c] = shown[c].map({True: "yes", False: "-" if c == "pareto" else "NO"})
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         return shown.to_string(index=False, na_rep="-")
+
+
+def format_front(table: pd.DataFrame, info: dict) -> str:
+    """The Pareto front, numbered as `analysis.retrain --pick N` takes it ('' for one objective)."""
+    if len(objectives(info)) < 2:
+        return ""
+    on = front(table, info)
+    if on.empty:
+        return "Pareto front: no completed trial within the constraints"
+    cols = ["trial_id", *(c for c, _ in objective_columns(info)), *FOOTPRINT[:3]]
+    shown = on[list(dict.fromkeys(c for c in cols if c in on))].copy()
+    shown.insert(0, "pick", range(1, len(on) + 1))
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        return "Pareto front (analysis.retrain --pick N):\n" + shown.to_string(index=False, na_rep="-")
 
 
 def knob_distributions(info: dict) -> dict:

@@ -203,7 +203,7 @@ def warm_start(previous_dir: str, search_alg, spec) -> None:
     print(f"warm start: {added} finished trials of {previous_dir} seed the sampler"
           + (f"; knobs left out (not in this space, or out of its range): {', '.join(dropped)}" if dropped else ""),
           flush=True)
-    rerun = study_mod.rerun_best(study, prev, dists)
+    rerun = study_mod.rerun_best(study, prev, dists, spec.search.constraints.limits())
     if rerun:
         print("warm start: its best configuration runs again first: "
               + " ".join(f"{k}={v}" for k, v in rerun.items()), flush=True)
@@ -334,6 +334,7 @@ def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp
         metric=spec.search.asha_metric, mode=spec.search.asha_mode, limits=spec.search.constraints.limits(),
         cache_dir=str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
         cache_max_gb=spec.data.cache_max_gb, train_storage=str(exp_dir / "train_runs"),
+        footprint_dir=str(exp_dir / "footprints"),
         keep_checkpoints=spec.checkpoint.keep, max_failures=spec.search.max_failures,
         resources=tuner_mod.resources(spec))
 
@@ -349,6 +350,9 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
         # trials keep the runtime and resources they started with (the saved context says so)
         if context.resources != tuner_mod.resources(spec):
             print(f"note: resuming with the resources the search started with ({exp_dir / 'context.json'}), "
+                  f"not {args.space}'s", flush=True)
+        if context.limits != spec.search.constraints.limits():
+            print(f"note: resuming with the constraints the search started with ({context.limits or 'none'}), "
                   f"not {args.space}'s", flush=True)
         return tuner_mod.restore(exp_dir, context)
     callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples)]
@@ -385,10 +389,9 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
     if rejected:
         print(f"{rejected} configuration(s) over search.constraints were not trained; the sampler was told "
               "they are infeasible")
-    if len(results_folder.objectives(info)) > 1:
-        print(f"Pareto front of {', '.join(n for n, _ in results_folder.objectives(info))}: "
-              f"{int(table['pareto'].sum()) if 'pareto' in table else 0} trial(s) (column 'pareto'); "
-              "analysis.retrain --pick N takes its N-th, best first on the first objective")
+    front = results_folder.format_front(table, info)
+    if front:
+        print(front)
     failed = table[table["status"].isin(["error", "diverged"])]
     if not failed.empty:
         print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
@@ -465,8 +468,11 @@ def main(argv=None) -> int:
         print(f"error: every configuration was over search.constraints ({table['infeasible'].iloc[0]}, ...); "
               "loosen them, or search smaller models or images", file=sys.stderr)
         return 1
-    if not table.empty and table["status"].isin(["error", "diverged"]).all():
-        print(f"error: every trial failed; most common reason: {table['error'].mode().iloc[0]}", file=sys.stderr)
+    if not table.empty and table["status"].isin(["rejected", "error", "diverged"]).all():
+        rejected = int((table["status"] == "rejected").sum())
+        failed = table[table["status"] != "rejected"]
+        print(f"error: every trial failed{f' or was over search.constraints ({rejected})' if rejected else ''}; "
+              f"most common reason: {failed['error'].mode().iloc[0]}", file=sys.stderr)
         return 1
     return 0
 

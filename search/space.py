@@ -105,6 +105,8 @@ class SearchSpec(_Strict):
     @classmethod
     def _known_objectives(cls, metric):
         names = metric if isinstance(metric, list) else [metric]
+        if not names:
+            raise ValueError("an empty list; give the objective, e.g. val_acc, or [val_acc, latency_ms]")
         allowed = {**METRICS, **COSTS}
         for name in names:
             if name not in allowed:

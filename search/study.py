@@ -79,8 +79,12 @@ def warm_start(study, previous, dists: dict, limits: dict | None = None) -> tupl
     import optuna
     from optuna.trial import TrialState
 
+    from trainables.limits import over_limits, violation
+
     added, dropped = 0, set()
     for t in previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.user_attrs.get("infeasible") and not over_limits(t.user_attrs, limits or {}):
+            continue  # never trained (over the earlier limits), and within these: nothing is known of it
         params = {}
         for name, value in t.params.items():
             if name in dists and fits(dists[name], value):
@@ -95,17 +99,20 @@ def warm_start(study, previous, dists: dict, limits: dict | None = None) -> tupl
             user_attrs={**t.user_attrs, "warm_start_from": f"{previous.study_name} #{t.number}"})
         for name, limit in (limits or {}).items():
             if t.user_attrs.get(name) is not None:
-                trial.set_constraint(name, float(t.user_attrs[name]) - limit)
+                trial.set_constraint(name, violation(t.user_attrs[name], limit))
         study.add_trial(trial)
         added += 1
     return added, sorted(dropped)
 
 
-def rerun_best(study, previous, dists: dict) -> dict | None:
+def rerun_best(study, previous, dists: dict, limits: dict | None = None) -> dict | None:
     """Queue PREVIOUS study's best completed configuration as STUDY's next trial, when every one of
     its knobs fits the new space: a warm-started search tries the best known configuration
     first, so it has the earlier search's best in hand from its first trial on, and TPE
-    searches on from there. Returns the queued parameters (None: nothing fit)."""
+    searches on from there. Returns the queued parameters (None: nothing fit, or its model is
+    over LIMITS)."""
+    from trainables.limits import over_limits
+
     if len(previous.directions) > 1:  # a multi-objective study has a front, not one best
         return None
     try:
@@ -113,6 +120,8 @@ def rerun_best(study, previous, dists: dict) -> dict | None:
     except ValueError:  # no completed (feasible) trial
         return None
     if not best.params or not all(n in dists and fits(dists[n], v) for n, v in best.params.items()):
+        return None
+    if over_limits(best.user_attrs, limits or {}):  # not under this search's constraints
         return None
     study.enqueue_trial(best.params, user_attrs={"warm_start_rerun": f"{previous.study_name} #{best.number}"})
     return dict(best.params)

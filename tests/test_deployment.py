@@ -61,6 +61,13 @@ def searched(ray_cluster, tmp_path_factory, animal_root):
     return tmp / "results" / "deploy-test", out.getvalue()
 
 
+def rank_front(results_dir) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert rank.main([str(results_dir)]) == 0
+    return out.getvalue().split("Pareto front (analysis.retrain --pick N):")[1]
+
+
 def _study(results_dir):
     return study_mod.load(results_dir, results_folder.read_search_info(results_dir))
 
@@ -80,7 +87,7 @@ def test_a_configuration_over_a_limit_is_not_trained_and_is_infeasible_in_the_st
     for _, row in table.iterrows():
         t = by_id[row["trial_id"]]
         assert (t.constraints["params_m"] > 0) == (row["params_m"] > MAX_PARAMS_M)
-        assert t.constraints["params_m"] == pytest.approx(row["params_m"] - MAX_PARAMS_M)
+        assert t.constraints["params_m"] == pytest.approx(row["params_m"] / MAX_PARAMS_M - 1)  # relative
         if row["status"] == "rejected":
             assert t.state == optuna.trial.TrialState.PRUNED and not t.intermediate_values
 
@@ -97,7 +104,7 @@ def test_the_study_has_two_objectives_and_the_front_is_its_own(searched):
         assert t.values == pytest.approx([row["best_val_acc"], row["params_m"]])
     front = results_folder.front(table, {**results_folder.read_search_info(results_dir)})
     optuna_front = {t.user_attrs["trial_id"] for t in study.best_trials}
-    assert set(front["trial_id"]) == optuna_front  # the same front as Optuna's own (all feasible here)
+    assert optuna_front and set(front["trial_id"]) == optuna_front  # the same front as Optuna's own (all feasible here)
     assert list(front["best_val_acc"]) == sorted(front["best_val_acc"], reverse=True)
     assert set(table.loc[table["pareto"], "trial_id"]) == optuna_front
 
@@ -134,6 +141,8 @@ def test_retrain_takes_a_feasible_point_of_the_front_and_measures_the_export(sea
     assert "ms eager" in out and "ms exported" in out and "limit params_m <= 0.05" in out
     model, _ = checkpoint.load(tmp_path / "final" / "model")
     assert sum(p.numel() for p in model.parameters()) / 1e6 <= MAX_PARAMS_M
+    rows = [line.split()[:2] for line in rank_front(results_dir).splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [[str(i + 1), t] for i, t in enumerate(front["trial_id"])]  # rank numbers it as --pick takes it
     assert retrain.main([str(results_dir), "--pick", str(n + 1), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert f"--pick {n + 1}: the Pareto front" in err and f"has {n} point(s)" in err and "\n" not in err.strip()
@@ -148,6 +157,8 @@ def test_the_report_has_the_deployment_section(searched):
     page = analysis_report.build(results_dir).read_text()
     assert "id='deployment'" in page
     assert "params_m &lt;= 0.05" in page or "params_m <= 0.05" in page
+    section = page[page.index("id='deployment'"):page.index("</section>", page.index("id='deployment'"))]
+    assert "<img" in section and "<table" in section and "--pick N" in section
 
 
 @pytest.mark.timeout(300)
@@ -190,6 +201,7 @@ def _error_of(tmp_path, search_section: str) -> str:
     ("{metric: [val_acc, latency_ms], mode: [max, max]}", ["latency_ms is optimised with mode 'min'"]),
     ("{metric: [val_acc, latency_ms], mode: [max]}", ["1 directions for 2 objectives"]),
     ("{metric: [val_acc, fps]}", ["search.metric", "latency_ms"]),
+    ("{metric: []}", ["search.metric", "an empty list"]),
 ])
 @pytest.mark.timeout(60)
 def test_a_bad_constraint_or_objective_is_one_line(tmp_path, section, expected):

@@ -50,9 +50,36 @@ def test_one_architecture_is_measured_once_per_machine_and_another_is_not_taken_
     again = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8, "seed": 5}, 3), 32, cpu, 8, tmp_path)
     assert {k: v for k, v in again.items() if k != "footprint_s"} == \
         {k: v for k, v in first.items() if k != "footprint_s"}
-    assert len(list((tmp_path / footprint.FOLDER).glob("*.json"))) == 1
+    assert len(list(tmp_path.glob("*.json"))) == 1
     wider = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 16}, 3), 32, cpu, 8, tmp_path)
     larger = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8}, 3), 64, cpu, 8, tmp_path)
     assert wider["params_m"] > first["params_m"] and larger["params_m"] == first["params_m"]
     assert larger["latency_ms"] != first["latency_ms"]  # measured itself, at its own image size
-    assert len(list((tmp_path / footprint.FOLDER).glob("*.json"))) == 3
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def _measure_in_another_process(folder: str, queue) -> None:
+    torch.set_num_threads(1)
+    model = models.build({"model": "cnn", "cnn_width": 16}, 3)
+    queue.put(footprint.measure_once(model, 48, torch.device("cpu"), 8, folder)["latency_ms"])
+
+
+@pytest.mark.timeout(120)
+def test_trials_that_start_together_report_one_measurement(tmp_path):
+    """Two trials of one model starting at once: the second waits for the first's figures."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_measure_in_another_process, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        latencies = [queue.get(timeout=100) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    assert latencies[0] == latencies[1]
+    assert len(list(tmp_path.glob("*.json"))) == 1

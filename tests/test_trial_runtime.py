@@ -169,6 +169,20 @@ def test_a_worker_exception_reaches_trials_csv_with_its_own_line(ray_cluster, tm
     assert Path(trial["error_file"]).is_file()
 
 
+@pytest.mark.timeout(300)
+def test_a_two_worker_trial_over_a_limit_ends_untrained_on_every_rank(ray_cluster, tmp_path):
+    """Rank 0 measures; had the other rank not heard its decision, it would train alone and wait
+    in its first collective for ever."""
+    root = _presplit(tmp_path / "imgs")
+    text = DDP_SPACE.format(data=root, epochs=1, pretrained="false").replace(
+        "  max_failures: 1", "  max_failures: 0\n  constraints: {max_params_m: 1}")
+    text = text.replace("  head_epochs: 1\n  unfreeze: 2\n  unfreeze_every: 1\n", "")  # pretrained knobs
+    space = write_space(tmp_path / "ddp.yaml", text)
+    assert run.main([str(space), "--storage", str(tmp_path / "res")]) == 1  # every configuration over the limit
+    trial = pd.read_csv(tmp_path / "res" / "ddp" / "trials.csv").iloc[0]
+    assert trial["status"] == "rejected" and trial["infeasible"].startswith("params_m 3.")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("n,batch", [(53, 5), (193, 5), (7, 2), (100, 8)])
 def test_every_rank_runs_the_same_steps_over_equal_shards(n, batch):

@@ -56,6 +56,12 @@ class TrialContext:
     # the space's search.constraints as figure -> largest allowed value (trainables.footprint):
     # a trial whose model is over one is not trained
     limits: dict[str, float] = field(default_factory=dict)
+    # where the search's trials share their models' footprints (trainables.footprint.measure_once)
+    footprint_dir: str = ""
+
+    @property
+    def footprints(self) -> Path:
+        return Path(self.footprint_dir or Path(self.cache_dir) / "footprints")
 
     def on_this_machine(self) -> "TrialContext":
         """This context, its image cache one this machine can write: the search's own where it

@@ -9,8 +9,8 @@ CPU server or an edge box, so every trial measures its model once:
 
 The architecture and image size fix these figures, the weights do not change them, so a trial
 measures once, before its first epoch, and every report, its last included, carries them
-(`trainables.train_loop`). Trials of the same architecture on the same machine share one
-measurement (`measure_once`): a latency measured beside other trials is noisy, and two trials
+(`trainables.train_loop`). Trials of one search with the same architecture on the same machine
+share one measurement (`measure_once`): a latency measured beside other trials is noisy, and two trials
 of one model that differ only in their learning rate must not differ in latency, or the noise
 would put both on the accuracy/latency front. `footprint_s` says what measuring cost the trial. Measuring first
 lets a search with limits (`search.constraints`: `TrialContext.limits`, judged by
@@ -49,36 +49,32 @@ def measure(model: torch.nn.Module, image_size: int, device: torch.device, batch
     return out
 
 
-FOLDER = "footprints"  # in the image cache's folder: one JSON file per measured architecture
+FOLDER = "footprints"  # in the results folder: one JSON file per architecture measured in the search
 
 
 def measure_once(model: torch.nn.Module, image_size: int, device: torch.device, batch_size: int,
-                 cache_dir: str | Path) -> dict:
-    """`measure`, or the figures an earlier trial on this machine measured for the same
-    architecture (its modules as printed, the image size, the device; on a GPU the batch size),
-    kept under CACHE_DIR; `footprint_s` is what this call cost."""
+                 folder: str | Path) -> dict:
+    """`measure`, or the figures an earlier trial of the search measured on this machine for the
+    same architecture (its modules as printed, the image size, the device; on a GPU the batch
+    size), kept in FOLDER. Trials that start together wait for the first one's measurement
+    (a file lock), so they report one figure, not one each. `footprint_s`: what this call cost."""
+    import fcntl
+
     started = time.perf_counter()
     key = f"{model!r}|{image_size}|{device.type}|{batch_size if device.type == 'cuda' else ''}|" \
           f"{torch.__version__}|{platform.node()}"
-    path = Path(cache_dir) / FOLDER / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    try:
-        figures = json.loads(path.read_text())
-    except (OSError, ValueError):  # not measured here yet (or a file cut short)
-        figures = measure(model, image_size, device, batch_size)
-        _write_atomically(path, figures)
+    path = Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            figures = json.loads(path.read_text())
+        except (OSError, ValueError):  # not measured here yet (or a file cut short)
+            figures = measure(model, image_size, device, batch_size)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(figures))
+            os.replace(tmp, path)
     return {**figures, "footprint_s": time.perf_counter() - started}
-
-
-def _write_atomically(path: Path, figures: dict) -> None:
-    """Whole or not at all: trials on other cores may read it at any moment. A cache that cannot
-    be written only costs the next trial a measurement."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(figures))
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def cpu_latency_ms(model: torch.nn.Module, image_size: int, runs: int = LATENCY_RUNS) -> float:

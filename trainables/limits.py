@@ -15,9 +15,16 @@ def over_limits(figures: dict, limits: dict[str, float]) -> dict[str, float]:
             if _known(figures.get(name)) and float(figures[name]) > limit}
 
 
+def violation(value: float, limit: float) -> float:
+    """How far over LIMIT a figure is, relative to it (0.2: 20 % over; <= 0: within), as Optuna's
+    constraints take it. Relative, because TPE ranks infeasible trials by the sum of their
+    violations, and milliseconds, millions of parameters and MB do not add up."""
+    return float(value) / limit - 1.0
+
+
 def describe_over(figures: dict, limits: dict[str, float]) -> str:
     """'latency_ms 4.1 > 2' for each figure over its limit, '; '-joined ('' when within them all)."""
-    return "; ".join(f"{name} {float(figures[name]):.3g} > {limits[name]:g}" for name in over_limits(figures, limits))
+    return "; ".join(f"{name} {float(figures[name]):.4g} > {limits[name]:g}" for name in over_limits(figures, limits))
 
 
 def within(figures: dict, limits: dict[str, float]) -> bool:

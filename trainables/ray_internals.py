@@ -161,7 +161,7 @@ def _epoch_optuna_search_class():
         its best score (the one its kept checkpoint has).
 
         The footprint (trainables.footprint) becomes the Optuna trial's user attributes, and each
-        limit a constraint (`Trial.set_constraint`: figure minus limit, > 0 infeasible), which
+        limit a constraint (`Trial.set_constraint`: `limits.violation`, > 0 infeasible), which
         TPE ranks below every feasible trial; a trial over a limit was never trained and ends
         PRUNED. In a multi-objective search (METRIC a list: a validation metric, then costs)
         the values told are the first objective's best and the model's costs; Optuna takes no
@@ -210,9 +210,11 @@ def _epoch_optuna_search_class():
             for name in ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "infeasible"):
                 if result.get(name) is not None:
                     _guarded(trial.set_user_attr, name, result[name])
+            from trainables.limits import violation
+
             for name, limit in getattr(self, "_limits", {}).items():  # a searcher pickled before limits: none
                 if result.get(name) is not None:
-                    _guarded(trial.set_constraint, name, float(result[name]) - limit)
+                    _guarded(trial.set_constraint, name, violation(result[name], limit))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -97,7 +97,9 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     model = models.build(params.model_dump(), len(context.class_names))
     figures = _measure(model, params, context, session) if val_split else {}  # a refit trains what was chosen
     over = limits.describe_over(figures, context.limits)
-    if over:  # over the search's limits: never deployable, so not trained; the sampler learns why
+    # over the search's limits: never deployable, so not trained; the sampler learns why. (Not a
+    # trial that already trained, retried or resumed from its checkpoint: it was judged then.)
+    if _agreed(session, bool(over)) and not _has_checkpoint(session):
         row = {"epoch": 0, "epoch_of": params.epochs, context.metric: math.nan, **figures, "infeasible": over}
         session.report(row, None)
         return row
@@ -146,15 +148,22 @@ class _Trial:
 
 
 def _measure(model: torch.nn.Module, params: TrialParams, context: TrialContext, session) -> dict:
-    """The model's footprint, measured by rank 0 (once per architecture and machine); every rank
-    gets its size and CPU latency, so that all of them decide alike whether the trial trains."""
-    figures = footprint.measure_once(model, params.image_size, session.device, params.batch_size,
-                                     context.cache_dir) if session.rank == 0 else {}
-    if session.world_size > 1:
-        shared = ("params_m", "model_mb", "latency_ms")
-        summed = session.all_sum(torch.tensor([figures.get(k, 0.0) for k in shared], device=session.device))
-        figures = {**figures, **{k: float(v) for k, v in zip(shared, summed.tolist())}}
-    return figures
+    """The model's footprint, measured by rank 0 (once per architecture and machine in a search)."""
+    if session.rank != 0:
+        return {}
+    return footprint.measure_once(model, params.image_size, session.device, params.batch_size, context.footprints)
+
+
+def _agreed(session, yes: bool) -> bool:
+    """Rank 0's YES, on every rank: all of them decide alike whether the trial trains."""
+    if session.world_size == 1:
+        return yes
+    return bool(session.all_sum(torch.tensor([float(yes and session.rank == 0)], device=session.device)).item())
+
+
+def _has_checkpoint(session) -> bool:
+    with session.restored() as folder:
+        return folder is not None
 
 
 def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: TrialContext, session, train_splits,
