@@ -1,15 +1,16 @@
 """A search's results folder, as the search writes it and everything after reads it.
 
 The folder's layout and state belong to the search: its `search.json` (written by
-`search.run.write_inputs` before the first trial: metric, mode, knobs and their Optuna
-distributions, ASHA's settings, the data's split; see `read_search_info`), and Tune's trial
+`search.run.write_inputs` before the first trial: metric, mode, objectives, limits, knobs and
+their Optuna distributions, ASHA's settings, the data's split; see `read_search_info`), and Tune's trial
 records, read as plain JSON and CSV by `search.tune_files`, never unpickled. From those, this
 module says where a search stands (`search_state`, for `--resume`), why a trial failed
 (`classify_failure`, also for the live progress lines), and builds the one table of trials
 (`trials_table`, `trials.csv`) and its leaderboard that the search prints at its end and that
-`analysis` ranks, reports and retrains from. It works offline, with no Ray cluster, so a
-results folder received from someone else can be read safely; only `--resume` loads Tune's
-pickled state.
+`analysis` ranks, reports and retrains from: with constraints, which trials are feasible
+(`judge`, `candidates`); with several objectives, their Pareto front (`front`, `--pick N`).
+It works offline, with no Ray cluster, so a results folder received from someone else can be
+read safely; only `--resume` loads Tune's pickled state.
 """
 from __future__ import annotations
 

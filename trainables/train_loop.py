@@ -91,6 +91,9 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     `epoch`) and the curves stay right when Ray retries or resumes a trial. With several
     workers each trains on an equal share of every epoch's batches (DDP), and the reported
     losses and metrics are sums over all workers: every rank reports the same row.
+
+    A search trial first measures its model (`trainables.footprint`); one over CONTEXT.limits
+    reports that once, at epoch 0 with its objective NaN and `infeasible` saying why, and ends.
     """
     params = TrialParams.model_validate(config)
     _seed_everything(params.seed + session.rank)  # before the model's initial weights are drawn
