@@ -247,7 +247,7 @@ def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
         return table
     # ties on the objective go to the cheaper model (the one a tie's users would deploy)
     costs = [c for c in ("latency_ms", "params_m") if c in table]
-    board = table.sort_values([col, *costs], ascending=[info["mode"] == "min", *[True] * len(costs)],
+    board = table.sort_values([col, *costs], ascending=[info["mode"] == "min", *[True] * len(costs)], kind="stable",
                               na_position="last")
     if "feasible" in board:  # scored feasible, scored infeasible, then those without a score
         order = board[col].isna() * 2 + ~board["feasible"].astype(bool)
