@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from search import results_folder
+from trainables.limits import COSTS
 
 MAX_CURVES = 5  # top trials drawn in the learning-curve plot
 WRONG_SHOWN = 12  # misclassified validation images shown
@@ -377,7 +378,6 @@ def _leaderboard_section(r: dict) -> str:
 
 
 COST_AXES = ("latency_ms", "params_m")  # the costs the deployment section plots the first objective against
-COST_COLUMNS = ("latency_ms", "params_m", "model_mb")
 
 
 def _feasible(table: pd.DataFrame, info: dict) -> pd.Series:
@@ -391,7 +391,7 @@ def deployment_settings(table: pd.DataFrame, info: dict) -> str:
     """The objectives (and which one ASHA stopped trials on) and the constraints with how many
     trials met them, as one paragraph: what the plots and the front below were judged by."""
     objs = results_folder.objectives(info)
-    said = ", ".join(f"{name} ({mode})" for name, mode in objs)
+    said = results_folder.describe_objectives(objs)
     text = (f"Objective: {said}; ASHA stopped trials on it." if len(objs) == 1 else
             f"Objectives: {said}, searched together by Optuna's multi-objective TPE; ASHA stopped trials on "
             f"the first, {objs[0][0]}, alone.")
@@ -400,7 +400,7 @@ def deployment_settings(table: pd.DataFrame, info: dict) -> str:
         return f"<p>{html.escape(text)} No constraints: every trained trial is a candidate.</p>"
     ok = _feasible(table, info)
     rejected = int((table["status"] == "rejected").sum()) if "status" in table else 0
-    text += (" Constraints: " + ", ".join(f"{name} <= {v:g}" for name, v in lim.items())
+    text += (f" Constraints: {results_folder.describe_limits(lim)}"
              + f": {int(ok.sum())} trial(s) feasible, {int((~ok).sum())} infeasible, {rejected} of them "
              "rejected (over a limit before training, so not trained).")
     return f"<p>{html.escape(text)}</p>"
@@ -426,7 +426,7 @@ def deployment_front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
         on.insert(0, "pick", range(1, len(on) + 1))
     else:
         on = front_against(table, info, "latency_ms")
-    shown = ["pick", "trial_id", *(c for c, _ in columns), *COST_COLUMNS, *info["knobs"]]
+    shown = ["pick", "trial_id", *(c for c, _ in columns), *COSTS, *info["knobs"]]
     return on[[c for c in dict.fromkeys(shown) if c in on]].reset_index(drop=True)
 
 
@@ -537,7 +537,7 @@ def _deployment_section(r: dict) -> str:
     was searched under, the fronts as plots and a table, the final model's latency once measured."""
     info, table = r["info"], r["table"]
     body = [deployment_settings(table, info)]
-    if not any(c in table and table[c].notna().any() for c in COST_COLUMNS):
+    if not any(c in table and table[c].notna().any() for c in COSTS):
         body.append("<p>These trials have no footprint figures (latency, size): the search that wrote them "
                     "did not measure them. Search again to see accuracy against cost.</p>")
     else:

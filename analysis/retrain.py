@@ -253,7 +253,8 @@ def main(argv=None) -> int:
     if "final_latency_ms" in report:
         print(f"cost: {report['final_params_m']:.3g} M parameters, {report['final_model_mb']:.3g} MB; batch-1 latency "
               f"on one CPU thread {report['final_latency_ms']:.3g} ms eager, {report['exported_latency_ms']:.3g} ms "
-              "exported (torch.export)" + "".join(f"; limit {k} <= {v:g}" for k, v in report["limits"].items()))
+              "exported (torch.export)"
+              + (f"; limit {results_folder.describe_limits(report['limits'])}" if report["limits"] else ""))
         if report["final_over_limits"]:
             hint = ("--final checkpoint hands back the one model the search measured"
                     if report.get("final_policy") != "checkpoint" else

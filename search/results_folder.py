@@ -22,7 +22,7 @@ import pandas as pd
 
 from search import tune_files
 from trainables.context import CONTEXT_FILE, TrialContext
-from trainables.limits import describe_over, within
+from trainables.limits import COSTS, FIGURES, describe_over, within
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.csv"
@@ -175,6 +175,16 @@ def limits(info: dict) -> dict[str, float]:
     return dict(info.get("limits") or {})
 
 
+def describe_objectives(objs: list[tuple[str, str]]) -> str:
+    """'val_acc (max), latency_ms (min)'"""
+    return ", ".join(f"{name} ({mode})" for name, mode in objs)
+
+
+def describe_limits(lim: dict[str, float]) -> str:
+    """'latency_ms <= 5, params_m <= 2'"""
+    return ", ".join(f"{name} <= {v:g}" for name, v in lim.items())
+
+
 def judge(table: pd.DataFrame, info: dict) -> pd.DataFrame:
     """The table with, for a search with constraints, `feasible` (every limited figure measured
     and within its limit) and `infeasible` (which are over); for a multi-objective one, `pareto`
@@ -231,12 +241,9 @@ def front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
                           kind="stable").reset_index()
 
 
-# What each trial's model costs to run (trainables.footprint), from its last report that has them.
-FOOTPRINT = ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "gpu_images_per_s")
-
-
 def _footprint(reports: pd.DataFrame) -> dict:
-    return {c: float(reports[c].dropna().iloc[-1]) for c in FOOTPRINT if c in reports and reports[c].notna().any()}
+    """What the trial's model costs to run (trainables.footprint), from its last report that has them."""
+    return {c: float(reports[c].dropna().iloc[-1]) for c in FIGURES if c in reports and reports[c].notna().any()}
 
 
 def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
@@ -272,8 +279,8 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
         raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
     kept = candidates(board, info)
     if kept.empty:
-        said = ", ".join(f"{name} <= {v:g}" for name, v in limits(info).items())
-        raise ResultsError(f"{results_dir}: no trained trial meets the search's constraints ({said}); see "
+        raise ResultsError(f"{results_dir}: no trained trial meets the search's constraints "
+                           f"({describe_limits(limits(info))}); see "
                            "`python -m analysis.rank` for how far over each was, then search again with looser "
                            "search.constraints or smaller models")
     return kept
@@ -282,7 +289,7 @@ def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
 def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
     metric = info["metric"]
     knobs = [k for k in info["knobs"] if k in board]
-    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *FOOTPRINT[:3], "feasible",
+    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *COSTS, "feasible",
             "pareto"] + knobs + ["infeasible"]
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
@@ -300,7 +307,7 @@ def format_front(table: pd.DataFrame, info: dict) -> str:
     on = front(table, info)
     if on.empty:
         return "Pareto front: no completed trial within the constraints"
-    cols = ["trial_id", *(c for c, _ in objective_columns(info)), *FOOTPRINT[:3]]
+    cols = ["trial_id", *(c for c, _ in objective_columns(info)), *COSTS]
     shown = on[list(dict.fromkeys(c for c in cols if c in on))].copy()
     shown.insert(0, "pick", range(1, len(on) + 1))
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):

@@ -18,7 +18,7 @@ from search import space as space_mod
 from search import study as study_mod
 from search import tuner as tuner_mod
 from trainables import cache_budget, data, ray_internals
-from trainables.context import TrialContext
+from trainables.context import FOOTPRINTS_DIR, TrialContext
 from trainables.params import TrialParams
 
 EXIT_BAD_INPUT = 2
@@ -235,13 +235,9 @@ def _check_warm_start(previous_dir: str, spec) -> None:
                                    f"({type(e).__name__}: {e})") from None
     if results_folder.objectives(prev) != spec.search.objectives:
         raise space_mod.SpaceError(f"--warm-start {previous_dir}: that search optimised "
-                                   f"{_said(results_folder.objectives(prev))}, this one "
-                                   f"{_said(spec.search.objectives)}; its scores would mislead the sampler")
-
-
-def _said(objectives) -> str:
-    """'val_acc (max), latency_ms (min)'"""
-    return ", ".join(f"{name} ({mode})" for name, mode in objectives)
+                                   f"{results_folder.describe_objectives(results_folder.objectives(prev))}, this "
+                                   f"one {results_folder.describe_objectives(spec.search.objectives)}; its scores "
+                                   "would mislead the sampler")
 
 
 def _check_study_storage(url: str, name: str) -> None:
@@ -302,12 +298,12 @@ def run_search(args, spec, name: str, index):
 def _objective_line(spec) -> str:
     """The objective(s), which one ASHA stops trials on, and the constraints, as the start line says them."""
     s = spec.search
-    line = (f"objective {_said(s.objectives)}" if len(s.objectives) == 1 else
-            f"objectives {_said(s.objectives)} (Optuna's multi-objective TPE; ASHA stops trials on {s.asha_metric})")
+    said = results_folder.describe_objectives(s.objectives)
+    line = (f"objective {said}" if len(s.objectives) == 1 else
+            f"objectives {said} (Optuna's multi-objective TPE; ASHA stops trials on {s.asha_metric})")
     limits = s.constraints.limits()
     if limits:
-        line += "; constraints " + ", ".join(f"{name} <= {v:g}" for name, v in limits.items()) + \
-            " (a configuration over them is not trained)"
+        line += f"; constraints {results_folder.describe_limits(limits)} (a configuration over them is not trained)"
     return line
 
 
@@ -334,7 +330,7 @@ def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp
         metric=spec.search.asha_metric, mode=spec.search.asha_mode, limits=spec.search.constraints.limits(),
         cache_dir=str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
         cache_max_gb=spec.data.cache_max_gb, train_storage=str(exp_dir / "train_runs"),
-        footprint_dir=str(exp_dir / "footprints"),
+        footprint_dir=str(exp_dir / FOOTPRINTS_DIR),
         keep_checkpoints=spec.checkpoint.keep, max_failures=spec.search.max_failures,
         resources=tuner_mod.resources(spec))
 

@@ -20,11 +20,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from trainables import limits
 from trainables.params import KNOBS, TrialParams
 
 METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
 # what a trial's model costs (trainables.footprint): objectives after the first, and constraints
-COSTS = {"latency_ms": "min", "params_m": "min", "model_mb": "min"}
+COSTS = {name: "min" for name in limits.COSTS}
+OBJECTIVES = {**METRICS, **COSTS}  # each with the direction it is optimised in
 
 
 class SpaceError(ValueError):
@@ -107,11 +109,10 @@ class SearchSpec(_Strict):
         names = metric if isinstance(metric, list) else [metric]
         if not names:
             raise ValueError("an empty list; give the objective, e.g. val_acc, or [val_acc, latency_ms]")
-        allowed = {**METRICS, **COSTS}
         for name in names:
-            if name not in allowed:
-                listed = ", ".join(METRICS) if isinstance(metric, str) else ", ".join(allowed)
-                raise ValueError(f"unknown objective {name!r}; {_did_you_mean(name, allowed)}allowed: {listed}"
+            if name not in OBJECTIVES:
+                listed = ", ".join(METRICS) if isinstance(metric, str) else ", ".join(OBJECTIVES)
+                raise ValueError(f"unknown objective {name!r}; {_did_you_mean(name, OBJECTIVES)}allowed: {listed}"
                                  + ("" if isinstance(metric, list) else "; a list adds costs: [val_acc, latency_ms]"))
         _check_objectives(names)
         return names[0] if len(names) == 1 else names
@@ -128,7 +129,7 @@ class SearchSpec(_Strict):
             raise ValueError(f"{len(modes)} directions for {len(names)} objectives; drop mode (each objective's "
                              "own direction is used) or give one per objective")
         for name, got in zip(names, modes):
-            want = {**METRICS, **COSTS}[name]
+            want = OBJECTIVES[name]
             if got != want:
                 raise ValueError(f"metric {name} is optimised with mode {want!r}, not {got!r}")
         return modes if isinstance(metric, list) else modes[0]
@@ -136,7 +137,7 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _defaults(self):
         if self.mode is None:
-            modes = [{**METRICS, **COSTS}[n] for n in ([self.metric] if isinstance(self.metric, str) else self.metric)]
+            modes = [OBJECTIVES[n] for n in ([self.metric] if isinstance(self.metric, str) else self.metric)]
             self.mode = modes if isinstance(self.metric, list) else modes[0]
         if isinstance(self.max_concurrent_trials, int) and self.max_concurrent_trials < 1:
             raise ValueError("max_concurrent_trials must be 'auto' or >= 1")

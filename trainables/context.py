@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTEXT_FILE = "context.json"
+FOOTPRINTS_DIR = "footprints"  # in the results folder: the models' footprints its trials share
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class TrialContext:
 
     @property
     def footprints(self) -> Path:
-        return Path(self.footprint_dir or Path(self.cache_dir) / "footprints")
+        """Where this search's trials share their footprints (a context saved before the field: by
+        the image cache)."""
+        return Path(self.footprint_dir or Path(self.cache_dir) / FOOTPRINTS_DIR)
 
     def on_this_machine(self) -> "TrialContext":
         """This context, its image cache one this machine can write: the search's own where it

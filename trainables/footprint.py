@@ -9,12 +9,12 @@ CPU server or an edge box, so every trial measures its model once:
 
 The architecture and image size fix these figures, the weights do not change them, so a trial
 measures once, before its first epoch, and every report, its last included, carries them
-(`trainables.train_loop`). Trials of one search with the same architecture on the same machine
-share one measurement (`measure_once`): a latency measured beside other trials is noisy, and two trials
-of one model that differ only in their learning rate must not differ in latency, or the noise
-would put both on the accuracy/latency front. `footprint_s` says what measuring cost the trial. Measuring first
+(`trainables.train_loop`); `footprint_s` says what measuring cost the trial. Measuring first
 lets a search with limits (`search.constraints`: `TrialContext.limits`, judged by
-`trainables.limits`) leave a configuration over them untrained.
+`trainables.limits`) leave a configuration over them untrained. Trials of one search with the
+same architecture on the same machine share one measurement (`measure_once`): a latency
+measured beside other trials is noisy, and two trials of one model that differ only in their
+learning rate must not differ in latency, or the noise would put both on the front.
 """
 from __future__ import annotations
 
@@ -49,14 +49,11 @@ def measure(model: torch.nn.Module, image_size: int, device: torch.device, batch
     return out
 
 
-FOLDER = "footprints"  # in the results folder: one JSON file per architecture measured in the search
-
-
 def measure_once(model: torch.nn.Module, image_size: int, device: torch.device, batch_size: int,
                  folder: str | Path) -> dict:
     """`measure`, or the figures an earlier trial of the search measured on this machine for the
     same architecture (its modules as printed, the image size, the device; on a GPU the batch
-    size), kept in FOLDER. Trials that start together wait for the first one's measurement
+    size), one JSON file each in FOLDER. Trials that start together wait for the first one's measurement
     (a file lock), so they report one figure, not one each. `footprint_s`: what this call cost."""
     import fcntl
 

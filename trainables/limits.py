@@ -7,10 +7,15 @@ No torch here: the results folder is read without it.
 """
 from __future__ import annotations
 
+# what trainables.footprint measures; COSTS are the figures every trial has, which limits and
+# objectives may name (the GPU ones exist only on a GPU)
+COSTS = ("latency_ms", "params_m", "model_mb")
+FIGURES = (*COSTS, "gpu_latency_ms", "gpu_images_per_s")
+
 
 def over_limits(figures: dict, limits: dict[str, float]) -> dict[str, float]:
-    """Each figure of FIGURES over its limit, with how far over it is (what Optuna's constraints
-    take: > 0 is infeasible). A figure not measured (a GPU figure on a CPU) is not judged."""
+    """Each figure of FIGURES over its limit, with how far over it is (in the figure's unit; Optuna
+    is told `violation`). A figure not measured (a GPU figure on a CPU) is not judged."""
     return {name: float(figures[name]) - limit for name, limit in limits.items()
             if _known(figures.get(name)) and float(figures[name]) > limit}
 

@@ -207,10 +207,11 @@ def _epoch_optuna_search_class():
             trial = self._ot_trials[trial_id]
             if result.get("latency_ms") is None or "latency_ms" in trial.user_attrs:
                 return
-            for name in ("latency_ms", "params_m", "model_mb", "gpu_latency_ms", "infeasible"):
+            from trainables.limits import FIGURES, violation
+
+            for name in (*FIGURES, "infeasible"):
                 if result.get(name) is not None:
                     _guarded(trial.set_user_attr, name, result[name])
-            from trainables.limits import violation
 
             for name, limit in getattr(self, "_limits", {}).items():  # a searcher pickled before limits: none
                 if result.get(name) is not None:
