@@ -246,3 +246,19 @@ def test_a_warm_start_judges_the_earlier_trials_against_the_new_limits():
     assert by_width[8].constraints["params_m"] < 0 < by_width[64].constraints["params_m"]
     assert by_width[64].values == pytest.approx([0.8, 0.37])
     assert study_mod.rerun_best(study, earlier, dists) is None  # a front has no one best to re-run
+
+
+@pytest.mark.timeout(60)
+def test_a_warm_start_leaves_out_untrained_trials_that_the_new_limits_allow():
+    """A configuration the earlier limits kept from training has no score: within the new limits
+    nothing is known of it; still over them, it is known to be infeasible."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {"cnn_width": optuna.distributions.CategoricalDistribution([8, 64, 128])}
+    earlier = optuna.create_study(direction="maximize")
+    for width, params_m in ((64, 0.37), (128, 1.5)):
+        earlier.add_trial(optuna.trial.create_trial(
+            params={"cnn_width": width}, distributions=dists, state=optuna.trial.TrialState.PRUNED,
+            user_attrs={"params_m": params_m, "infeasible": f"params_m {params_m} > 0.05"}))
+    study = optuna.create_study(direction="maximize")
+    assert study_mod.warm_start(study, earlier, dists, {"params_m": 1.0}) == (1, [])
+    assert [t.params["cnn_width"] for t in study.trials] == [128] and study.trials[0].constraints["params_m"] > 0

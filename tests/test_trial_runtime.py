@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis import retrain
 from search import run
 from tests.conftest import make_folder, write_space
 from trainables import checkpoint, data, sessions, train_loop
@@ -170,7 +171,7 @@ def test_a_worker_exception_reaches_trials_csv_with_its_own_line(ray_cluster, tm
 
 
 @pytest.mark.timeout(300)
-def test_a_two_worker_trial_over_a_limit_ends_untrained_on_every_rank(ray_cluster, tmp_path):
+def test_a_two_worker_trial_over_a_limit_ends_untrained_on_every_rank(ray_cluster, tmp_path, capsys):
     """Rank 0 measures; had the other rank not heard its decision, it would train alone and wait
     in its first collective for ever."""
     root = _presplit(tmp_path / "imgs")
@@ -181,6 +182,10 @@ def test_a_two_worker_trial_over_a_limit_ends_untrained_on_every_rank(ray_cluste
     assert run.main([str(space), "--storage", str(tmp_path / "res")]) == 1  # every configuration over the limit
     trial = pd.read_csv(tmp_path / "res" / "ddp" / "trials.csv").iloc[0]
     assert trial["status"] == "rejected" and trial["infeasible"].startswith("params_m 3.")
+    capsys.readouterr()
+    assert retrain.main([str(tmp_path / "res" / "ddp")]) == 2  # nothing trained within the limits: one line
+    err = capsys.readouterr().err
+    assert "no trained trial meets the search's constraints (params_m <= 1)" in err and err.count("\n") == 1
 
 
 @pytest.mark.timeout(60)
