@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from search import results_folder
+from search import remote_results, results_folder
+from trainables import remote
 from trainables.limits import COSTS
 
 MAX_CURVES = 5  # top trials drawn in the learning-curve plot
@@ -302,7 +303,8 @@ def best_on_val(context, best: pd.Series) -> dict:
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
     conf, pred = out.pop("probs").max(1)
     wrong = [i for i in conf.argsort(descending=True).tolist() if pred[i] != y[i]][:WRONG_SHOWN]
-    out["wrong"] = [(Path(context.data_root) / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
+    folder = data.image_folder(context.data_root, context.cache_dir)  # load_images put them there
+    out["wrong"] = [(folder / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
                      float(conf[i])) for i in wrong]
     return out
 
@@ -631,14 +633,18 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
-    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
+    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune, or its URI "
+                   "(s3://bucket/results/finetune)")
     args = p.parse_args(argv)
     try:
-        out = build(args.results_dir)
-    except results_folder.ResultsError as e:
+        results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout)
+        out = build(results_dir)
+        if uri:
+            remote_results.push(results_dir, uri, [out.name])
+    except (results_folder.ResultsError, remote.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"report: {out}")
+    print(f"report: {out}" + (f" (uploaded to {uri}/{out.name})" if uri else ""))
     return 0
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from search import results_folder
+from search import remote_results, results_folder
+from trainables import remote
 
 TEST_FILE = "test_metrics.json"
 
@@ -216,7 +217,8 @@ def final_footprint(model, meta: dict, model_dir: Path, limits: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.retrain", description=__doc__.splitlines()[0])
-    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune")
+    p.add_argument("results_dir", help="a search's results folder, e.g. results/finetune, or its URI "
+                   "(s3://bucket/results/finetune)")
     p.add_argument("--final", choices=FINAL,
                    help="the model handed back: the best trial's checkpoint and refits on train+val with other "
                         "seeds, averaged (ensemble, the default); the checkpoint alone (the default where the "
@@ -226,22 +228,26 @@ def main(argv=None) -> int:
     p.add_argument("--refits", type=int, default=4, help="refits in the ensemble (default 4; each costs about "
                    "one trial of the best configuration)")
     p.add_argument("--epochs", type=int, help="epochs to refit (default: the best trial's best epoch)")
-    p.add_argument("--out", help="where the model and test result go (default: RESULTS_DIR/retrained)")
+    p.add_argument("--out", help="where the model and test result go (default: RESULTS_DIR/retrained, uploaded "
+                   "to the bucket when RESULTS_DIR is a URI)")
     p.add_argument("--again", action="store_true", help="retrain and test again even if a test result exists")
     p.add_argument("--top", type=int, default=1, help="rerun the K best trials with another seed and retrain the "
                    "one best on both runs (default 1: the best trial)")
     args = p.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.results_dir) / "retrained"
     try:
-        results_folder.read_search_info(args.results_dir)
+        results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout)
+        out = Path(args.out) if args.out else results_dir / "retrained"
+        results_folder.read_search_info(results_dir)
         if (out / TEST_FILE).exists() and not args.again:
             report = json.loads((out / TEST_FILE).read_text())
             print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
         else:
             if args.pick is not None and args.top != 1:
                 raise results_folder.ResultsError("--pick and --top choose the trial two ways; give one")
-            report = retrain(args.results_dir, args.epochs, out, args.top, args.final, args.refits, args.pick)
-    except results_folder.ResultsError as e:
+            report = retrain(results_dir, args.epochs, out, args.top, args.final, args.refits, args.pick)
+        if uri and not args.out:
+            remote_results.push(results_dir, uri, [out.name])
+    except (results_folder.ResultsError, remote.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     low, high = report["test_acc_ci95"]
@@ -261,7 +267,7 @@ def main(argv=None) -> int:
                     "measured on this machine, or as the exported program, it is slower than the search measured it")
             print(f"warning: the final model is over the search's constraints ({report['final_over_limits']}); "
                   + hint)
-    print(f"result: {out / TEST_FILE}")
+    print(f"result: {out / TEST_FILE}" + (f" (uploaded to {uri}/{out.name}/)" if uri and not args.out else ""))
     return 0
 
 

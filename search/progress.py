@@ -55,3 +55,29 @@ class ProgressPrinter(Callback):
         status, reason = classify_error_file(trial.error_file, trial.config)
         self._say(f"trial {trial.trial_id} {'DIVERGED' if status == 'diverged' else 'FAILED'}: {reason} "
                   f"({self.done}/{self.num_samples} done; the search goes on)")
+
+
+class Uploader(Callback):
+    """Uploads a few files of this machine's copy of a results folder to its bucket as the search
+    runs (at most every EVERY_S seconds, and at the end): the Optuna journal, so that a search
+    resumed elsewhere after this machine died finds the sampler's history."""
+
+    def __init__(self, local, uri: str, names: list[str], every_s: float = 10.0):
+        self.local, self.uri, self.names, self.every_s = local, uri, names, every_s
+        self.last = 0.0
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.time() - self.last >= self.every_s:
+            self._upload()
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._upload()
+
+    def _upload(self) -> None:
+        from search.remote_results import push
+
+        self.last = time.time()
+        try:
+            push(self.local, self.uri, self.names)
+        except ValueError as e:  # a storage hiccup: the next step tries again
+            print(f"warning: could not upload {', '.join(self.names)} to {self.uri}: {e}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from search import tune_files
-from trainables.context import CONTEXT_FILE, TrialContext
+from trainables.context import CONTEXT_FILE, TRAIN_RUNS, TrialContext
 from trainables.limits import COSTS, FIGURES, describe_over, within
 
 SEARCH_FILE = "search.json"
@@ -77,12 +77,15 @@ def _failure(trial: tune_files.TrialRecord) -> tuple[str, str, str]:
     return status, reason, str(trial.error_file or "")
 
 
-def _checkpoint_of(row: pd.Series, trial_dir: str) -> str:
+def _checkpoint_of(row: pd.Series, trial_dir: str, results_dir: Path) -> str:
     """The checkpoint folder of one report: a Ray Train run's `checkpoint_path`, or the Tune
-    trial's own `checkpoint_dir_name` inside its trial folder (trials in a reused Tune actor)."""
+    trial's own `checkpoint_dir_name` inside its trial folder (trials in a reused Tune actor).
+    A Ray Train path elsewhere (the bucket's, when RESULTS_DIR is this machine's copy of it) is
+    taken in RESULTS_DIR's own train_runs/ where it is there."""
     path = row.get("checkpoint_path")
     if isinstance(path, str) and path:
-        return path
+        here = results_dir / TRAIN_RUNS / path.partition(f"/{TRAIN_RUNS}/")[2]
+        return str(here) if not Path(path).is_dir() and f"/{TRAIN_RUNS}/" in path and here.is_dir() else path
     name = row.get("checkpoint_dir_name")
     return str(Path(trial_dir) / name) if isinstance(name, str) and name else ""
 
@@ -145,7 +148,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
-                checkpoint=_checkpoint_of(df.loc[best_i], str(t.path)),
+                checkpoint=_checkpoint_of(df.loc[best_i], str(t.path), results_dir),
                 **_footprint(df),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")

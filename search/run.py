@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from search import results_folder
+from search import remote_results, results_folder
 from search import space as space_mod
 from search import study as study_mod
 from search import tuner as tuner_mod
-from trainables import cache_budget, data, ray_internals
-from trainables.context import FOOTPRINTS_DIR, TrialContext
+from trainables import cache_budget, data, ray_internals, remote
+from trainables.context import CONTEXT_FILE, FOOTPRINTS_DIR, TRAIN_RUNS, TrialContext
 from trainables.params import TrialParams
 
 EXIT_BAD_INPUT = 2
@@ -28,9 +28,11 @@ EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", help="YAML search space, e.g. spaces/finetune.yaml")
-    p.add_argument("--data", help="image folder (class subfolders, or train/ val/ test/) instead of data.source")
+    p.add_argument("--data", help="image folder (class subfolders, or train/ val/ test/), or a bucket's prefix of "
+                   "them (s3://bucket/images/), instead of data.source")
     p.add_argument("--storage", default="results",
-                   help="folder for results (default: results/); on a cluster, one every node mounts")
+                   help="where results go (default: results/): a folder, or a bucket (s3://bucket/results, gs://...) "
+                        "on a cluster without a shared file system")
     p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
@@ -53,12 +55,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _abs_storage(storage: str) -> str:
-    """Absolute, because trials run in Ray's own working directories (and on other nodes)."""
-    if "://" in storage:
-        raise space_mod.SpaceError(
-            f"--storage {storage}: URIs are not supported yet (the split and summaries are plain files that "
-            "trials read); give a folder, on a file system every node mounts at the same path on a cluster")
+    """A URI as it is; a folder absolute, because trials run in Ray's own working directories."""
+    if remote.is_uri(storage):
+        return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve())
+
+
+def results_location(args, name: str) -> str:
+    """Where the search keeps its results folder: STORAGE/NAME, a folder or a URI."""
+    storage = _abs_storage(args.storage)
+    return remote.join(storage, name) if remote.is_uri(storage) else str(Path(storage) / name)
+
+
+def _under(results: str, name: str) -> str:
+    """RESULTS/NAME, for a folder or a URI."""
+    return remote.join(results, name) if remote.is_uri(results) else str(Path(results) / name)
 
 
 def prepare(args) -> tuple:
@@ -73,7 +84,7 @@ def prepare(args) -> tuple:
     except cache_budget.CacheFull as e:
         raise space_mod.SpaceError(str(e)) from None
     index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir,
-                         d.conflicting_labels)
+                         d.conflicting_labels, stream=sys.stdout)
     space_mod.check_classes(args.space, spec, index.classes)
     space_mod.check_pretrained_weights(args.space, spec)
     return spec, name, index
@@ -114,8 +125,13 @@ def print_data_summary(summ: dict) -> None:
             print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 
 
-def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = None) -> dict:
-    """Save what the search used, before it starts: resolved space, split, data summary, search info.
+# what write_inputs saves
+INPUT_FILES = ["space.yaml", "split.csv", "data.json", results_folder.SEARCH_FILE, CONTEXT_FILE]
+
+
+def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = None, results: str = "") -> dict:
+    """Save what the search used, before it starts: resolved space, split, data summary, search info,
+    into EXP_DIR (this machine's copy, when the search keeps its RESULTS in a bucket).
 
     search.json also holds, resolved, what analysis needs of the space (each knob's Optuna
     distribution, ASHA's settings, GPUs per trial): analysis reads it, never the space again."""
@@ -130,7 +146,8 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
         "name": name, "metric": spec.search.asha_metric, "mode": spec.search.asha_mode,
         "objectives": spec.search.objectives, "limits": spec.search.constraints.limits(),
         "knobs": [k for k, kb in spec.knobs.items() if kb.kind != "const"],
-        "data_root": str(index.root), "split_file": str(exp_dir / "split.csv"), "class_names": index.classes,
+        "data_root": index.location, "split_file": _under(results or str(exp_dir), "split.csv"),
+        "class_names": index.classes, "results": results or str(exp_dir),
         "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
         "study_storage": study_mod.storage_label(exp_dir, study_url),
         "distributions": {k: json.loads(distribution_to_json(d)) for k, d in study_mod.distributions(spec).items()},
@@ -176,16 +193,24 @@ def stop_on_sigterm() -> None:
 
 
 def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
-    """STORAGE/NAME must be new, or hold an unfinished search when --resume is given."""
-    exp_dir = Path(_abs_storage(args.storage)) / name
+    """STORAGE/NAME must be new, or hold an unfinished search when --resume is given. In a bucket:
+    writable, and read through this machine's copy (returned)."""
+    results = results_location(args, name)
+    exp_dir = Path(results)
+    if remote.is_uri(results):
+        try:
+            remote.check_writable(results)
+            exp_dir = remote_results.pull(results)
+        except remote.StorageError as e:
+            raise space_mod.SpaceError(f"--storage {e}") from None
     state = results_folder.search_state(exp_dir)
     if state and not args.resume:
         hint = ("add --resume to continue it" if state["unfinished"]
                 else "pick another --name, or delete that folder")
-        raise space_mod.SpaceError(f"{exp_dir} already holds a search ({state['finished']} of "
+        raise space_mod.SpaceError(f"{results} already holds a search ({state['finished']} of "
                                    f"{state['num_samples']} trials finished); {hint}")
     if args.resume and not state:
-        raise space_mod.SpaceError(f"--resume: {exp_dir} holds no search to resume")
+        raise space_mod.SpaceError(f"--resume: {results} holds no search to resume")
     if args.resume:
         try:
             results_folder.read_context(exp_dir)  # before Ray starts
@@ -260,14 +285,17 @@ def run_search(args, spec, name: str, index):
     import ray
 
     exp_dir, state = check_results_dir(args, name)
+    results = results_location(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
     info = (results_folder.read_search_info(exp_dir) if args.resume
-            else write_inputs(exp_dir, spec, index, name, args.study_storage))
+            else write_inputs(exp_dir, spec, index, name, args.study_storage, results))
     if args.resume:
         context = results_folder.read_context(exp_dir)
     else:
-        context = trial_context(spec, index.root, index.classes, exp_dir / "split.csv", exp_dir)
+        context = trial_context(spec, index.location, index.classes, info["split_file"], results)
         context.save(exp_dir)
+        if remote.is_uri(results):  # before any trial: trials on other nodes read the split from there
+            remote_results.push(exp_dir, results, INPUT_FILES)
     cluster = ray.cluster_resources()
     n = _concurrency(args, spec, cluster)
     warm_cache(spec, context)
@@ -275,8 +303,9 @@ def run_search(args, spec, name: str, index):
           f"{spec.search.num_samples} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
           f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
           f"reduction {spec.search.scheduler.reduction_factor:g}); {_objective_line(spec)}")
-    print(f"results: {exp_dir}", flush=True)
-    tuner = _tuner(args, spec, name, exp_dir, state, context, n)
+    print(f"results: {results}" + (f" (this machine's copy: {exp_dir})" if results != str(exp_dir) else ""),
+          flush=True)
+    tuner = _tuner(args, spec, name, exp_dir, state, context, n, results)
     if info.get("study_storage"):  # absent from an older results folder's search.json: no study to show
         print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
@@ -285,13 +314,18 @@ def run_search(args, spec, name: str, index):
     except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
         pass
     elapsed = time.time() - started
+    if remote.is_uri(results):  # Tune's own records of the trials, as it left them in the bucket
+        remote_results.pull(results)
     table, csv_path = results_folder.write_trials_csv(exp_dir)
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
     interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
     if not interrupted:
         _close_study(args, exp_dir, info)
-    print_outcome(args, name, exp_dir, info, table, csv_path, elapsed, finished, interrupted)
+    if remote.is_uri(results):
+        remote_results.push(exp_dir, results, [csv_path.name, study_mod.JOURNAL_FILE])
+        csv_path = _under(results, csv_path.name)
+    print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted)
     return table, interrupted
 
 
@@ -321,21 +355,28 @@ def _concurrency(args, spec, cluster: dict) -> int:
     return tuner_mod.concurrency(spec, cluster, autoscaling=bool(short))
 
 
-def trial_context(spec, data_root, class_names: list[str], split_file: Path, exp_dir: Path) -> TrialContext:
+def trial_context(spec, data_root, class_names: list[str], split_file, results) -> TrialContext:
     """What every trial of this search gets besides its hyperparameters. The one builder: the
     search saves it in the results folder (--resume, analysis.retrain and analysis.report read
-    it), and the bench scripts call it too."""
+    it), and the bench scripts call it too.
+
+    RESULTS is the results folder, or its URI: then nothing a trial reads is a path of this
+    machine; each node decodes into its own cache (data.cache_dir if the space sets one) and
+    shares footprints there."""
+    results = str(results)
+    in_bucket = remote.is_uri(results) or remote.is_uri(str(data_root))
+    cache_dir = ("" if in_bucket and not spec.data.cache_dir else
+                 str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()))
     return TrialContext(
         data_root=str(data_root), split_file=str(split_file), class_names=tuple(class_names),
         metric=spec.search.asha_metric, mode=spec.search.asha_mode, limits=spec.search.constraints.limits(),
-        cache_dir=str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()),
-        cache_max_gb=spec.data.cache_max_gb, train_storage=str(exp_dir / "train_runs"),
-        footprint_dir=str(exp_dir / FOOTPRINTS_DIR),
+        cache_dir=cache_dir, cache_max_gb=spec.data.cache_max_gb, train_storage=_under(results, TRAIN_RUNS),
+        footprint_dir="" if remote.is_uri(results) else _under(results, FOOTPRINTS_DIR),
         keep_checkpoints=spec.checkpoint.keep, max_failures=spec.search.max_failures,
         resources=tuner_mod.resources(spec))
 
 
-def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: TrialContext, n: int):
+def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: TrialContext, n: int, results: str):
     """A new Tuner (its searcher writing the live study, warm-started if asked), or the
     interrupted one restored."""
     from search.progress import ProgressPrinter
@@ -350,8 +391,8 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
         if context.limits != spec.search.constraints.limits():
             print(f"note: resuming with the constraints the search started with ({context.limits or 'none'}), "
                   f"not {args.space}'s", flush=True)
-        return tuner_mod.restore(exp_dir, context)
-    callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples)]
+        return tuner_mod.restore(results, context)  # its callbacks come back with it
+    callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples), *_uploads(exp_dir, results)]
     if args.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -360,6 +401,16 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
     if args.warm_start:
         warm_start(args.warm_start, search_alg, spec)
     return tuner_mod.build(spec, context, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
+
+
+def _uploads(exp_dir: Path, results: str) -> list:
+    """For results in a bucket: a callback that uploads the study's journal as the search runs,
+    so that --resume on another machine finds the sampler's history."""
+    if not remote.is_uri(results):
+        return []
+    from search.progress import Uploader
+
+    return [Uploader(exp_dir, results, [study_mod.JOURNAL_FILE])]
 
 
 def _close_study(args, exp_dir: Path, info: dict) -> None:
@@ -373,7 +424,7 @@ def _close_study(args, exp_dir: Path, info: dict) -> None:
         print(f"warning: could not close the study's unfinished trials: {type(e).__name__}: {e}")
 
 
-def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, elapsed: float,
+def print_outcome(args, name: str, results: str, info: dict, table, csv_path, elapsed: float,
                   finished: int, interrupted: bool) -> None:
     """The end of a search: counts, the top of the leaderboard, failures, next commands, and for
     an interrupted search the --resume command."""
@@ -393,9 +444,9 @@ def print_outcome(args, name: str, exp_dir: Path, info: dict, table, csv_path, e
         print(f"\n{len(failed)} trial(s) failed; the search went on without them:")
         for _, t in failed.iterrows():
             print(f"  {t['trial_id']} {t['status']}: {t['error']}\n    traceback: {t['error_file']}")
-    print(f"\nresults: {exp_dir}\n  trials: {csv_path}\n"
-          f"  next: python -m analysis.rank {exp_dir}\n        python -m analysis.retrain {exp_dir}\n"
-          f"        python -m analysis.report {exp_dir}")
+    print(f"\nresults: {results}\n  trials: {csv_path}\n"
+          f"  next: python -m analysis.rank {results}\n        python -m analysis.retrain {results}\n"
+          f"        python -m analysis.report {results}")
     if interrupted:
         print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
               f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
@@ -434,7 +485,7 @@ def main(argv=None) -> int:
 
             if importlib.util.find_spec("mlflow") is None:
                 raise space_mod.SpaceError("--mlflow: the mlflow package is not installed; pip install mlflow")
-    except (space_mod.SpaceError, DataError, ModelError) as e:
+    except (space_mod.SpaceError, DataError, ModelError, remote.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print_data_summary(data.summary(index))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 CONTEXT_FILE = "context.json"
 FOOTPRINTS_DIR = "footprints"  # in the results folder: the models' footprints its trials share
+TRAIN_RUNS = "train_runs"  # in the results folder: the Ray Train runs of multi-worker trials
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class TrialContext:
     class_names: tuple[str, ...]
     metric: str
     mode: str
-    cache_dir: str
+    cache_dir: str  # "": each node's own default cache (a search whose data or results are in a bucket)
     cache_max_gb: float | None
     train_storage: str  # Ray Train runs of TorchTrainer trials, each named after its Tune trial
     keep_checkpoints: int
@@ -63,9 +64,11 @@ class TrialContext:
 
     @property
     def footprints(self) -> Path:
-        """Where this search's trials share their footprints (a context saved before the field: by
-        the image cache)."""
-        return Path(self.footprint_dir or Path(self.cache_dir) / FOOTPRINTS_DIR)
+        """Where this search's trials share their footprints: the results folder's, or else (results
+        in a bucket, or a context saved before the field) the node's image cache's."""
+        from trainables.data import default_cache_dir
+
+        return Path(self.footprint_dir or Path(self.cache_dir or default_cache_dir()) / FOOTPRINTS_DIR)
 
     def on_this_machine(self) -> "TrialContext":
         """This context, its image cache one this machine can write: the search's own where it
@@ -73,6 +76,8 @@ class TrialContext:
         its final-model refits and its test split decode here, not into another machine's path)."""
         from trainables.data import default_cache_dir
 
+        if not self.cache_dir:  # each machine's own already
+            return self
         path = Path(self.cache_dir)
         existing = next(p for p in (path, *path.parents) if p.exists())
         if os.access(existing, os.W_OK):

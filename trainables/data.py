@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables import cache_budget, image_cache
+from trainables import cache_budget, image_cache, remote, remote_images
 from trainables.folder_walk import Walk, walk_classes
 from trainables.images import IMAGE_EXTENSIONS, DataError
 
@@ -98,6 +98,12 @@ class DataIndex:
     # groups of byte-identical images filed under different classes: [[(path, label), ...], ...]
     conflicting: list[list[tuple[str, str]]] = field(default_factory=list)
     conflicting_dropped: bool = False
+    uri: str | None = None  # where the images are, when root is this node's copy of a bucket's prefix
+
+    @property
+    def location(self) -> str:
+        """Where every node finds the images: the bucket's prefix, or the folder."""
+        return self.uri or str(self.root)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
@@ -157,7 +163,7 @@ def _check_classes_not_empty(index: DataIndex) -> None:
         if index.conflicting_dropped:
             why += (f"; {sum(len(g) for g in index.conflicting)} images whose identical copies carry other labels "
                     "were dropped (data.conflicting_labels: keep keeps them)")
-        raise DataError(f"{index.root}: class folder(s) {empty} hold no readable images "
+        raise DataError(f"{index.location}: class folder(s) {empty} hold no readable images "
                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}){why}")
 
 
@@ -263,8 +269,8 @@ def split(index: DataIndex, fractions: dict[str, float], seed: int) -> None:
         n = sum(len(g) for g in groups)
         if len(groups) < len(SPLITS):
             raise DataError(
-                f"{index.root}: class {cls!r} has {len(groups)} distinct image(s); the stratified split needs at least "
-                f"{len(SPLITS)} (one per train/val/test)"
+                f"{index.location}: class {cls!r} has {len(groups)} distinct image(s); the stratified split needs "
+                f"at least {len(SPLITS)} (one per train/val/test)"
             )
         want = {s: max(1, round(n * fractions[s])) for s in ("val", "test")}
         order = rng.permutation(len(groups))
@@ -319,9 +325,20 @@ def save_split(index: DataIndex, path: Path) -> None:
 
 
 def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
-    """Rows of a saved split restricted to `splits` (a search trial asks for train and val only)."""
+    """Rows of a saved split restricted to `splits` (a search trial asks for train and val only);
+    PATH may be in a bucket (a search whose results are there)."""
+    if remote.is_uri(path):
+        rows = csv.DictReader(io.StringIO(remote.read_bytes(str(path)).decode()))
+        return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in rows if r["split"] in splits]
     with open(path, newline="") as f:
         return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in csv.DictReader(f) if r["split"] in splits]
+
+
+def image_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder this node reads ROOT's images from: ROOT, or its copy of a bucket's prefix."""
+    if remote.is_uri(root):
+        return remote_images.local_root(str(root), cache_dir or default_cache_dir())
+    return Path(root)
 
 
 def load_images(root: str | Path, items: list[Item], classes: list[str], image_size: int,
@@ -329,24 +346,37 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
     """The images of `items` as uint8 N×3×S×S (memory-mapped from the decoded-once cache), and labels.
 
     The first call for a file list and size decodes the images (see `trainables.image_cache`);
-    every later trial, epoch and search maps the same file.
+    every later trial, epoch and search maps the same file. ROOT may be a bucket's prefix: the
+    images are then first copied into this node's cache (`trainables.remote_images.fetch`).
     """
     import torch
 
     lookup = {c: i for i, c in enumerate(classes)}
+    cache_dir = cache_dir or default_cache_dir()
     try:
+        if remote.is_uri(root):
+            root = remote_images.fetch(str(root), items, cache_dir, stream=stream)
         arr = image_cache.open_or_build(root, [it.path for it in items], image_size,
-                                        cache_dir or default_cache_dir(), stream=stream, max_gb=cache_max_gb)
-    except cache_budget.CacheFull as e:
+                                        cache_dir, stream=stream, max_gb=cache_max_gb)
+    except (cache_budget.CacheFull, remote.StorageError) as e:
         raise DataError(str(e)) from None
     y = torch.tensor([lookup[it.label] for it in items], dtype=torch.long)
     return torch.from_numpy(arr), y
 
 
 def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | None = None,
-            cache_dir: str | None = None, conflicting_labels: str = "drop") -> DataIndex:
-    """Resolve, scan, limit and split a data source: everything done once before a search."""
-    index = scan(resolve_source(source, cache_dir))
+            cache_dir: str | None = None, conflicting_labels: str = "drop", stream=None) -> DataIndex:
+    """Resolve, scan, limit and split a data source: everything done once before a search. A
+    bucket's prefix (`s3://bucket/images/`) is copied into this node's cache and scanned there."""
+    if remote.is_uri(source):
+        try:
+            root, others = remote_images.mirror(source, cache_dir or default_cache_dir(), stream)
+        except remote.StorageError as e:
+            raise DataError(f"--data {e}") from None
+        index = scan(root)
+        index.uri, index.skipped = source, index.skipped + others
+    else:
+        index = scan(resolve_source(source, cache_dir))
     resolve_conflicting_labels(index, conflicting_labels)
     _check_classes_not_empty(index)
     limit_per_class(index, limit, seed)
@@ -358,7 +388,7 @@ def summary(index: DataIndex) -> dict:
     counts = index.counts()
     totals = Counter(it.label for it in index.items)
     return {
-        "root": str(index.root),
+        "root": index.location,
         "presplit": index.presplit,
         "classes": index.classes,
         "images": len(index.items),

@@ -1,0 +1,86 @@
+"""A results folder in a bucket (`--storage s3://bucket/results`), and this machine's copy of it.
+
+Ray Tune writes the trials' results and checkpoints to the bucket itself. The search's own
+files (space.yaml, split.csv, data.json, search.json, context.json, the Optuna journal,
+trials.csv) are written to a local copy of the results folder and uploaded; the analysis
+commands copy the folder down, work on the copy as on any results folder, and upload what
+they wrote. The copy lives in this machine's cache, one folder per URI (`local_copy`).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+from trainables import remote
+from trainables.context import TRAIN_RUNS
+from trainables.data import default_cache_dir
+
+JOURNAL = "optuna.journal"  # the study's journal: appended to, so the longer copy is the newer
+
+
+def local_copy(uri: str) -> Path:
+    """This machine's copy of the results folder URI."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", uri.split("://", 1)[-1].partition("?")[0]).strip("-")[-60:]
+    return default_cache_dir() / "results" / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+
+
+def _is_checkpoint(rel: str) -> bool:
+    parts = rel.split("/")
+    return parts[0] == TRAIN_RUNS or any(p.startswith("checkpoint_") for p in parts)
+
+
+def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
+    """Bring this machine's copy of URI up to date (files missing here or of another size; the
+    journal only when the bucket's is longer) and return it. Without CHECKPOINTS, Ray's
+    checkpoints stay in the bucket (the search needs only the records). An empty URI empties the
+    copy: a new search starts from nothing."""
+    local = local_copy(uri)
+    objects = remote.listing(uri)
+    if not objects:
+        shutil.rmtree(local, ignore_errors=True)
+    wanted = [rel for rel, (size, _) in objects.items()
+              if (checkpoints or not _is_checkpoint(rel)) and not rel.endswith(".hpo-write-check")
+              and _older_here(local / rel, size, rel == JOURNAL)]
+    local.mkdir(parents=True, exist_ok=True)
+    if wanted:
+        remote.download(uri, wanted, local)
+        if stream is not None:
+            total = sum(objects[rel][0] for rel in wanted)
+            print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB) of {uri} to {local}", file=stream, flush=True)
+    return local
+
+
+def _older_here(path: Path, size: int, append_only: bool) -> bool:
+    if not path.is_file():
+        return True
+    here = path.stat().st_size
+    return size > here if append_only else size != here
+
+
+def push(local: Path, uri: str, names: list[str]) -> None:
+    """Upload LOCAL/name to URI/name for each file name, and every file under each folder name."""
+    files = []
+    for name in names:
+        p = local / name
+        if p.is_dir():
+            files += [str(f.relative_to(local)) for f in p.rglob("*") if f.is_file()]
+        elif p.is_file():
+            files.append(name)
+    remote.upload(local, files, uri)
+
+
+def open_results(path: str, stream=None) -> tuple[Path, str | None]:
+    """(a local results folder, the URI it is a copy of or None) for an analysis command's
+    argument: a folder as it is, a URI copied down whole (the commands read checkpoints)."""
+    if not remote.is_uri(path):
+        return Path(path), None
+    uri = path.rstrip("/")
+    local = pull(uri, checkpoints=True, stream=stream)
+    if not any(local.iterdir()):
+        raise remote.StorageError(f"{uri}: no results there (no objects under this prefix)")
+    if stream is not None:
+        print(f"working on the local copy {local}; what this command writes is uploaded to {uri}",
+              file=stream, flush=True)
+    return local, uri

@@ -1,0 +1,217 @@
+"""Object storage (`s3://`, `gs://`, anything pyarrow's file systems open) as the search uses it.
+
+A search on a cluster without a shared file system keeps its results and reads its images in
+a bucket. Ray Tune already writes trial results and checkpoints there through pyarrow
+(`RunConfig(storage_path=URI)`); this module is what the search itself needs on top: list a
+prefix, read and write small files, copy many files in parallel, and turn the storage's own
+errors into one line that says what to fix.
+
+Endpoints and credentials come from the usual places, as for every AWS tool: `AWS_ENDPOINT_URL`
+(an S3-compatible server such as MinIO), `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+`AWS_PROFILE` and `~/.aws`, or the node's instance profile.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+THREADS = 16  # parallel transfers: object stores answer each request slowly, many at once well
+
+
+class StorageError(ValueError):
+    """A bucket or prefix that cannot be used as asked: the message is the one line to show."""
+
+
+def is_uri(path) -> bool:
+    return "://" in str(path)
+
+
+def join(uri: str, *parts: str) -> str:
+    """URI/part/...; a query string (`?endpoint_override=...`) stays at the end."""
+    base, q, query = uri.partition("?")
+    for p in parts:
+        base = base.rstrip("/") + "/" + str(p).strip("/")
+    return base + q + query
+
+
+def scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower()
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(root: str):
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(root)[0]
+
+
+def split(uri: str):
+    """(pyarrow file system, path in it) for URI; the file system is made once per bucket."""
+    base, _, query = uri.partition("?")
+    sch, rest = base.split("://", 1)
+    root = f"{sch}://{rest.split('/', 1)[0]}" + (f"?{query}" if query else "")
+    try:
+        return _filesystem(root), rest.rstrip("/")
+    except (ValueError, OSError, TypeError) as e:
+        raise StorageError(f"{uri}: not a storage URI pyarrow can open ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def credentials_found() -> bool:
+    """Whether the AWS credential chain has a source to look at (its order: environment, shared
+    files, web identity, container, instance metadata). Checked before the first request, because
+    without credentials the S3 client retries for seconds and then reports an unrelated error."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_PROFILE"):
+        return True
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    files = [env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), env.get("AWS_CONFIG_FILE", "~/.aws/config")]
+    if any(Path(f).expanduser().is_file() for f in files):
+        return True
+    return env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true" and _instance_metadata()
+
+
+def _instance_metadata() -> bool:
+    """Whether this machine answers as an EC2 instance (its instance profile gives credentials)."""
+    import urllib.request
+
+    req = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    try:
+        with urllib.request.urlopen(req, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+                  "or run on a node with an instance profile (cluster.yaml gives the nodes one)")
+
+
+def explain(uri: str, e: BaseException) -> str:
+    """One line for a storage error: what is wrong with URI, not the client's call stack."""
+    text = str(e)
+    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text or "bucket does not exist" in text:
+        return f"{uri}: bucket {bucket!r} does not exist (check the name and the region)"
+    if "ACCESS_DENIED" in text or "AccessDenied" in text or "Forbidden" in text or "403" in text:
+        return f"{uri}: access denied; these credentials may not use bucket {bucket!r}"
+    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "INVALID_ACCESS_KEY" in text:
+        return f"{uri}: the credentials are not valid for this storage ({_first_line(e)})"
+    return f"{uri}: {_first_line(e)}"
+
+
+def check_credentials(uri: str) -> None:
+    if scheme(uri) in ("s3", "s3a") and not credentials_found():
+        raise StorageError(f"{uri}: {NO_CREDENTIALS}")
+
+
+def listing(uri: str) -> dict[str, tuple[int, int]]:
+    """Every object under URI as {path relative to it: (size, mtime in ns)}; {} for a missing prefix."""
+    from pyarrow import fs
+
+    check_credentials(uri)
+    f, path = split(uri)
+    try:  # allow_not_found would also hide a missing bucket
+        infos = f.get_file_info(fs.FileSelector(path, recursive=True))
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise StorageError(explain(uri, e)) from None
+    out = {}
+    for i in infos:
+        if i.type == fs.FileType.File:
+            mtime = i.mtime_ns if i.mtime_ns is not None else 0
+            out[i.path[len(path):].lstrip("/")] = (int(i.size or 0), int(mtime))
+    return out
+
+
+def check_writable(uri: str) -> None:
+    """Write and remove a small object under URI: a missing bucket, missing or invalid credentials
+    and read-only access are found here, before a search starts, not at its first checkpoint."""
+    from pyarrow import fs
+
+    check_credentials(uri)
+    f, path = split(uri)
+    try:  # a missing bucket first: writing to one is "access denied" on some stores
+        f.get_file_info(fs.FileSelector(path))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(explain(uri, e)) from None
+    probe = path + "/.hpo-write-check"
+    try:
+        with f.open_output_stream(probe) as out:
+            out.write(b"hpo-finetune checks that it may write here; this object is removed at once\n")
+        f.delete_file(probe)
+    except OSError as e:
+        why = explain(uri, e)
+        if why.endswith(f"may not use bucket {uri.split('://', 1)[-1].split('/', 1)[0]!r}"):
+            why = f"{uri}: cannot write there (access denied): these credentials may read the bucket but not write it"
+        raise StorageError(why) from None
+
+
+def read_bytes(uri: str) -> bytes:
+    f, path = split(uri)
+    try:
+        with f.open_input_stream(path) as src:
+            return src.read()
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: no such object") from None
+    except OSError as e:
+        raise StorageError(explain(uri, e)) from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    f, path = split(uri)
+    try:
+        with f.open_output_stream(path) as out:
+            out.write(data)
+    except OSError as e:
+        raise StorageError(explain(uri, e)) from None
+
+
+def download(uri: str, paths: list[str], dest: Path, each=None, threads: int = THREADS) -> None:
+    """Copy URI/path to DEST/path for every path, in parallel; each file appears whole (written
+    to a temporary name, then renamed). EACH(path, bytes) runs on every file's bytes (hashing,
+    progress) before it is written, and may raise to refuse it."""
+    f, base = split(uri)
+
+    def one(rel: str) -> None:
+        target = dest / rel
+        try:
+            with f.open_input_stream(f"{base}/{rel}") as src:
+                raw = src.read()
+        except OSError as e:
+            raise StorageError(explain(join(uri, rel), e)) from None
+        if each is not None:
+            each(rel, raw)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part{os.getpid()}")
+        tmp.write_bytes(raw)
+        os.replace(tmp, target)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, paths))
+
+
+def upload(local: Path, paths: list[str], uri: str, threads: int = THREADS) -> None:
+    """Copy LOCAL/path to URI/path for every path, in parallel."""
+    f, base = split(uri)
+
+    def one(rel: str) -> None:
+        try:
+            with f.open_output_stream(f"{base}/{rel}") as out:
+                out.write((local / rel).read_bytes())
+        except OSError as e:
+            raise StorageError(explain(join(uri, rel), e)) from None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, paths))
