@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def split(uri: str):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(e)).strip().splitlines()
     return text[0] if text else type(e).__name__
 
 
