@@ -44,11 +44,11 @@ def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
               if (checkpoints or not _is_checkpoint(rel)) and not rel.endswith(".hpo-write-check")
               and _older_here(local / rel, size, rel == JOURNAL)]
     local.mkdir(parents=True, exist_ok=True)
-    if wanted:
-        remote.download(uri, wanted, local)
-        if stream is not None:
-            total = sum(objects[rel][0] for rel in wanted)
-            print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB) of {uri} to {local}", file=stream, flush=True)
+    remote.download(uri, wanted, local)
+    if stream is not None:
+        total = sum(objects[rel][0] for rel in wanted)
+        print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB; {len(objects) - len(wanted)} already here) "
+              f"of {uri} to {local}", file=stream, flush=True)
     return local
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from search import remote_results, results_folder
+from search import remote_results, results_folder, resume_checkpoints
 from search import space as space_mod
 from search import study as study_mod
 from search import tuner as tuner_mod
@@ -173,6 +173,7 @@ def start_ray(address: str | None, verbose: bool):
         import logging
 
         logging.getLogger(ray_internals.TUNE_CONTROLLER_LOGGER).setLevel(logging.CRITICAL)
+        logging.getLogger(ray_internals.EXPERIMENT_ANALYSIS_LOGGER).setLevel(logging.ERROR)
     if address:
         ctx = ray.init(address=address, **kwargs, **ray_internals.init_kwargs(local=False))
     else:  # the dashboard stays on (its State API frees stopped trials' workers) and on localhost
@@ -391,6 +392,8 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
         if context.limits != spec.search.constraints.limits():
             print(f"note: resuming with the constraints the search started with ({context.limits or 'none'}), "
                   f"not {args.space}'s", flush=True)
+        for line in resume_checkpoints.reconcile(results, exp_dir):
+            print(f"note: {line}", flush=True)
         return tuner_mod.restore(results, context)  # its callbacks come back with it
     callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples), *_uploads(exp_dir, results)]
     if args.mlflow:

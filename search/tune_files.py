@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trainables.ray_internals import ERROR_FILE, PARAMS_FILE, RESULTS_FILE, STATE_GLOB
+from trainables.ray_internals import CHECKPOINT_DIR_NAME, ERROR_FILE, LAST_RESULT, PARAMS_FILE, RESULTS_FILE, STATE_GLOB
 
 FINISHED = ("TERMINATED", "ERROR")
 
@@ -55,6 +55,22 @@ def _newest_state(results_dir: Path) -> dict:
 def _trial_state(entry) -> dict:
     """One `trial_data` entry: [trial state JSON, run metadata JSON], as Ray 2.x writes it."""
     return json.loads(entry[0] if isinstance(entry, (list, tuple)) else entry)
+
+
+def last_saved_reports(results_dir: str | Path) -> dict[str, dict]:
+    """{trial folder: its last report as Tune's newest saved state has it} for every trial that
+    has not finished and saved a checkpoint with that report (Tune restores it from that
+    checkpoint, `CHECKPOINT_DIR_NAME`). Read from the run metadata's JSON: the checkpoint
+    manager itself is a pickle, never read here."""
+    out = {}
+    for entry in _newest_state(Path(results_dir)).get("trial_data", []):
+        s = _trial_state(entry)
+        meta = json.loads(entry[1]) if isinstance(entry, (list, tuple)) and len(entry) > 1 else {}
+        last = meta.get(LAST_RESULT) or {}
+        last = json.loads(last) if isinstance(last, str) else last
+        if s.get("status") not in FINISHED and isinstance(last, dict) and last.get(CHECKPOINT_DIR_NAME):
+            out[s.get("relative_logdir") or f"trial_{s['trial_id']}"] = last
+    return out
 
 
 def read_reports(trial_dir: Path) -> pd.DataFrame:

@@ -1,11 +1,17 @@
-"""Two real Ray nodes on this machine (`ray start --head`, then `ray start --address`): trials
-spread over both, and when the worker node dies mid-trial the search still completes every trial,
-the lost one continuing from its last checkpoint on the surviving node.
+"""Two real Ray nodes on this machine (`ray start --head`, then `ray start --address`) whose only
+shared state is a bucket on a real S3 server on loopback (moto): the images are in
+s3://hpo/images/, the results go to s3://hpo/results/, and each node has a cache of its own.
+Trials spread over both nodes; when the worker node dies mid-trial the lost trial continues
+from its checkpoint in the bucket on the surviving node; the driver is then killed (SIGKILL) and
+`--resume` finishes the search; `analysis.rank`, `report` and `retrain` run on the bucket's
+results from a third cache, as from a laptop.
 
-Every Ray process the test starts runs in a process group of its own, killed by PID at the end.
+Every process the test starts (the S3 server, the Ray nodes, the searches) runs in a process
+group of its own, killed by PID at the end.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +26,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, group_pids, kill_group
+from tests.s3_server import s3_server, upload_folder
 from trainables import ray_internals
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -40,10 +47,10 @@ def _ports(n: int) -> list[int]:
     return ports
 
 
-def _start(args: list[str]) -> int:
+def _start(args: list[str], env: dict) -> int:
     proc = subprocess.Popen([RAY, "start", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=ENV)
+                            env=env)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     return proc.pid  # the session leader's pid is the group id its daemons keep
@@ -59,7 +66,24 @@ def _rows(exp: Path, pattern: str = "trial_*") -> dict[str, list[dict]]:
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
+def bucket(tmp_path, animal_root):
+    """The S3 server, with 60 images of each embedded class under s3://hpo/images/."""
+    with s3_server("hpo") as server:
+        images = tmp_path / "images"
+        for cls in sorted(p.name for p in animal_root.iterdir() if p.is_dir()):
+            (images / cls).mkdir(parents=True)
+            for f in sorted((animal_root / cls).glob("*.png"))[:60]:
+                shutil.copy(f, images / cls / f.name)
+        upload_folder(server["client"], images, "hpo", "images")
+        yield server
+
+
+@pytest.fixture
+def two_nodes(tmp_path, bucket):
+    """Head and worker node, each with its own cache (HPO_CACHE_DIR) and the bucket's address and
+    credentials in its environment, as an instance profile gives them on a cloud."""
+    env = dict(bucket["env"], RAY_AUTH_MODE="token")
+    envs = {node: dict(env, HPO_CACHE_DIR=str(tmp_path / f"{node}-cache")) for node in ("head", "node_b")}
     subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=ENV, timeout=60)
     gcs, dash, client, *agent = _ports(11)
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
@@ -67,14 +91,14 @@ def two_nodes(tmp_path):
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
                    f"--dashboard-agent-listen-port={agent[0]}", f"--dashboard-agent-grpc-port={agent[1]}",
                    f"--runtime-env-agent-port={agent[2]}", f"--metrics-export-port={agent[3]}",
-                   f"--temp-dir={ray_tmp}"])
+                   f"--temp-dir={ray_tmp}"], envs["head"])
     groups = [head]
     try:
         groups.append(_start([f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--num-gpus=0",
                               '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={agent[4]}",
                               f"--dashboard-agent-grpc-port={agent[5]}", f"--runtime-env-agent-port={agent[6]}",
-                              f"--metrics-export-port={agent[7]}"]))
-        yield f"127.0.0.1:{gcs}", groups, ray_tmp
+                              f"--metrics-export-port={agent[7]}"], envs["node_b"]))
+        yield f"127.0.0.1:{gcs}", groups, ray_tmp, envs
     finally:
         for g in groups:
             kill_group(g)
@@ -99,60 +123,108 @@ def _node_ids(address: str) -> dict[str, str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _kill_a_node_mid_trial(search, nodes: dict, groups: list[int], ray_tmp: str) -> str:
-    """Wait for a trial to reach epoch 2 on the worker node, kill that node, wait for the search;
-    returns the trial that lost its node."""
-    # While the search runs, the Tune driver writes each trial's result.json into its staging
-    # directory under the session's temp dir and copies it to the results folder only every
-    # few seconds (7 s late here, a whole trial at these sizes), so the test reads the staging copy.
-    staging = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
-    killed_trial, deadline = None, time.time() + 300
-    while killed_trial is None and time.time() < deadline and search.poll() is None:
-        for trial, rows in _rows(Path(ray_tmp), staging).items():
-            if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rows):
-                killed_trial = trial
+# While the search runs, the Tune driver writes each trial's result.json into its staging
+# directory under the session's temp dir and uploads it to the bucket only every few seconds, so
+# the test watches the staging copy.
+STAGING = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
+
+
+def _wait_rows(search, ray_tmp: str, found, what: str, timeout: float = 300):
+    """Poll the staging rows until FOUND(rows) gives something; fail with WHAT if it never does."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and search.poll() is None:
+        hit = found(_rows(Path(ray_tmp), STAGING))
+        if hit:
+            return hit
         time.sleep(0.5)
-    assert killed_trial, "no trial reached epoch 2 on the worker node"
-    kill_group(groups[1])  # the worker node dies: its raylet and the train worker on it
-    search.wait(timeout=600)
-    return killed_trial
+    pytest.fail(f"{what} (search exit code {search.poll()})")
 
 
-def test_trials_spread_over_nodes_and_survive_a_dead_node(two_nodes, tmp_path):
-    address, groups, ray_tmp = two_nodes
+def _bucket_file(bucket, key: str) -> bytes:
+    return bucket["client"].get_object(Bucket="hpo", Key=key)["Body"].read()
+
+
+def _bucket_keys(bucket, prefix: str) -> set[str]:
+    pages = bucket["client"].get_paginator("list_objects_v2").paginate(Bucket="hpo", Prefix=prefix)
+    return {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+
+
+def _cli(module: str, args: list[str], env: dict, log: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a process group of its own, killed by PID when it ends or times out."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            kill_group(proc.pid)
+            proc.wait(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
+
+
+@pytest.mark.timeout(900)
+def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_path):
+    address, groups, ray_tmp, envs = two_nodes
     nodes = _node_ids(address)
     # the search's Train settings reach processes `ray start` launched, which do not inherit its environment
     assert nodes.pop("poll_on_b") == ray_internals.TRAIN_POLL[1]
     assert set(nodes) == {"head", "node_b"}
-    exp = tmp_path / "res" / "multi"
-    cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--address", address,
-           "--storage", str(tmp_path / "res"), "--name", "multi",
+    args = [str(ROOT / "spaces" / "smoke.yaml"), "--address", address, "--storage", "s3://hpo/results",
+            "--name", "multi", "--data", "s3://hpo/images/"]
+    cmd = [sys.executable, "-m", "search.run", *args,
            "--set", "search.num_samples=4", "--set", "search.max_concurrent_trials=2",
            "--set", "search.points_to_evaluate=[]", "--set", "search.max_failures=2",
            "--set", f"search.scheduler.grace_period={EPOCHS}", "--set", f"space.epochs={EPOCHS}",
            "--set", f"search.scheduler.max_t={EPOCHS}", "--set", "space.lr=0.003",
-           "--set", "data.limit_per_class=300", "--set", "space.image_size=24"]
+           "--set", "data.limit_per_class=null", "--set", "space.image_size=64"]
     log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
-    search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV,
+    search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=envs["head"],
                               start_new_session=True)
     try:
-        killed_trial = _kill_a_node_mid_trial(search, nodes, groups, ray_tmp)
+        lost = _wait_rows(search, ray_tmp, lambda rows: next(
+            (t for t, rs in rows.items() if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rs)),
+            None), "no trial reached epoch 2 on the worker node")
+        kill_group(groups[1])  # the worker node dies: its raylet and the trial on it
+        before = max(r["epoch"] for r in _rows(Path(ray_tmp), STAGING)[lost] if r["node_id"] == nodes["node_b"])
+        # the lost trial goes on on the head, from its last checkpoint in the bucket (not from epoch 1)
+        after = _wait_rows(search, ray_tmp, lambda rows: [r for r in rows.get(lost, [])
+                                                          if r.get("node_id") == nodes["head"]],
+                           f"{lost} never continued on the head node")
+        assert before < EPOCHS and 1 < after[0]["epoch"] <= before + 1, (before, after[0]["epoch"])
+        time.sleep(12)  # Tune saves its state to the bucket every ~10 s: the continued trial is in it
+        assert search.poll() is None, "the search ended before its driver could be killed"
+        kill_group(search.pid)  # the driver dies (SIGKILL) with trials left to run
     finally:
         kill_group(search.pid)  # by PID, also when the test fails before the search ends
         search.wait(timeout=60)
-    out = (tmp_path / "search.log").read_text()
-    assert search.returncode == 0, out
+        log.close()
+    first = (tmp_path / "search.log").read_text()
+    assert "copying 600 images from s3://hpo/images/" in first, first
 
-    trials = pd.read_csv(exp / "trials.csv")
-    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, out
-    rows = _rows(exp)
-    used = {r["node_id"] for rs in rows.values() for r in rs}
-    assert used == {nodes["head"], nodes["node_b"]}  # trials ran on both nodes
-    lost = rows[killed_trial]
-    after = [r for r in lost if r["node_id"] == nodes["head"]]
-    before = [r for r in lost if r["node_id"] == nodes["node_b"]]
-    assert before[-1]["epoch"] < EPOCHS, (f"{killed_trial} finished on the worker node before the kill: its "
-                                          f"results reached the test {EPOCHS - 2}+ epochs late")
-    assert after and after[-1]["epoch"] == EPOCHS
-    assert after[0]["epoch"] >= before[-1]["epoch"]  # continued from a checkpoint (at most one report redone)
-    assert after[0]["epoch"] > 1
+    resumed = _cli("search.run", [*args, "--resume"], envs["head"], tmp_path / "resume.log", timeout=600)
+    assert resumed.returncode == 0, first + resumed.stdout
+    done = int(resumed.stdout.split("resuming: ")[1].split(" of ")[0])
+    assert done < 4, resumed.stdout  # the search had trials left to run, and ran them
+    trials = pd.read_csv(io.BytesIO(_bucket_file(bucket, "results/multi/trials.csv")))
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, resumed.stdout
+    assert set(trials["epochs_run"]) == {EPOCHS}
+    # nothing a trial reads is a path of one machine: the split and the runs are in the bucket,
+    # and each node decoded the images into its own cache
+    context = json.loads(_bucket_file(bucket, "results/multi/context.json"))
+    assert context["data_root"] == "s3://hpo/images/" and context["split_file"] == "s3://hpo/results/multi/split.csv"
+    assert context["cache_dir"] == "" and context["footprint_dir"] == ""
+    for node in ("head", "node_b"):
+        cache = tmp_path / f"{node}-cache"
+        assert list(cache.glob("remote/*/*/*.png")) and list(cache.glob("decoded/*.npy")), node
+
+    laptop = dict(bucket["env"], HPO_CACHE_DIR=str(tmp_path / "laptop-cache"))
+    for module, extra in (("analysis.rank", []), ("analysis.report", []),
+                          ("analysis.retrain", ["--final", "checkpoint"])):
+        run = _cli(module, ["s3://hpo/results/multi", *extra], laptop, tmp_path / f"{module}.log", timeout=300)
+        assert run.returncode == 0, run.stdout
+        assert " of s3://hpo/results/multi to " in run.stdout, run.stdout  # copied down first, and said so
+    written = _bucket_keys(bucket, "results/multi/")
+    assert {"leaderboard.csv", "report.html", "retrained/test_metrics.json", "retrained/model/model.pt"} <= written
+    tested = json.loads(_bucket_file(bucket, "results/multi/retrained/test_metrics.json"))
+    split = pd.read_csv(io.BytesIO(_bucket_file(bucket, "results/multi/split.csv")))
+    assert tested["test_images"] == (split["split"] == "test").sum() > 0 and 0 <= tested["test_acc"] <= 1

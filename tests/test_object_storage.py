@@ -112,3 +112,56 @@ def test_each_node_copies_the_images_once_and_again_when_one_changes(s3, tmp_pat
     gone = data.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
     assert len(gone.items) == 35 and not (gone.root / changed.path).exists()
 
+
+
+def test_resume_makes_a_killed_drivers_trials_agree_with_tunes_last_saved_state(s3, tmp_path, monkeypatch):
+    """A driver killed between Tune writing reports and checkpoints and Tune saving its state:
+    result.json keeps the rows up to the state's last report, the checkpoints after it go (the
+    resumed trial writes its own under those names), and a removed restore checkpoint comes back
+    as a copy of the trial's newest. A finished trial is left as it is."""
+    import json
+
+    from search import resume_checkpoints
+
+    for k, v in s3["env"].items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    client, results = s3["client"], "s3://hpo/results/killed"
+
+    def state(trial: str, status: str, epoch: int) -> list[str]:  # one trial_data entry, as Ray 2.60 writes it
+        last = {"epoch": epoch, "checkpoint_dir_name": f"checkpoint_{epoch - 1:06d}"}
+        return [json.dumps({"trial_id": trial, "status": status, "relative_logdir": f"trial_{trial}"}),
+                json.dumps({"last_result": last})]
+
+    def put(key: str, body: bytes) -> None:
+        client.put_object(Bucket="hpo", Key=f"results/killed/{key}", Body=body)
+
+    def rows(epochs) -> bytes:
+        return "".join(json.dumps({"epoch": e, "checkpoint_dir_name": f"checkpoint_{e - 1:06d}"}) + "\n"
+                       for e in epochs).encode()
+
+    local = tmp_path / "copy"
+    local.mkdir()
+    (local / "experiment_state-2026-12-01_00-00-00.json").write_text(json.dumps({"trial_data": [
+        state("gone", "RUNNING", 5), state("kept", "PAUSED", 5), state("done", "TERMINATED", 2)]}))
+    for trial, epochs in (("gone", [3, 6, 7]), ("kept", [5, 6]), ("done", [9])):
+        put(f"trial_{trial}/result.json", rows(range(1, max(epochs) + 1)))
+        for e in epochs:
+            put(f"trial_{trial}/checkpoint_{e - 1:06d}/model.pt", f"epoch {e}".encode())
+
+    said = resume_checkpoints.reconcile(results, local)
+    assert said == ["trial_gone: the checkpoint Tune last saved, checkpoint_000004, was removed after; it "
+                    "continues from its newest, checkpoint_000006",
+                    "trial_gone: 2 report(s) after Tune's last saved state are reported again",
+                    "trial_kept: 1 report(s) after Tune's last saved state are reported again"]
+    keys = {o["Key"][len("results/killed/"):] for o in
+            client.list_objects_v2(Bucket="hpo", Prefix="results/killed/")["Contents"]}
+    assert {k for k in keys if "checkpoint" in k} == {
+        "trial_gone/checkpoint_000002/model.pt", "trial_gone/checkpoint_000004/model.pt",
+        "trial_kept/checkpoint_000004/model.pt", "trial_done/checkpoint_000008/model.pt"}
+    body = client.get_object(Bucket="hpo", Key="results/killed/trial_gone/checkpoint_000004/model.pt")["Body"]
+    assert body.read() == b"epoch 7"  # the newest, under the name Tune restores from
+    for trial, last in (("gone", 5), ("kept", 5), ("done", 9)):
+        got = client.get_object(Bucket="hpo", Key=f"results/killed/trial_{trial}/result.json")["Body"].read()
+        assert got == rows(range(1, last + 1)), trial
+    assert resume_checkpoints.reconcile(results, local) == []  # mended once

@@ -47,6 +47,8 @@ API_SERVER = "RAY_API_SERVER_ADDRESS"
 QUIET = (("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"), ("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"))
 # The logger that prints a failed trial's whole traceback (it is in the trial's error.txt).
 TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+# warns, on --resume, of a trial that had not reported yet when the search was stopped
+EXPERIMENT_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 
 
 def quiet_env() -> None:
@@ -93,6 +95,11 @@ STATE_GLOB = "experiment_state-*.json"
 PARAMS_FILE = "params.json"
 RESULTS_FILE = "result.json"
 ERROR_FILE = "error.txt"
+# a trial's checkpoints: StorageContext._make_checkpoint_dir_name; a report names its own in
+# ray.train.constants.CHECKPOINT_DIR_NAME; the experiment state's run metadata holds the last report
+CHECKPOINT_PREFIX = "checkpoint_"
+CHECKPOINT_DIR_NAME = "checkpoint_dir_name"
+LAST_RESULT = "last_result"
 
 
 # ---- a TorchTrainer per trial ---------------------------------------------------------------
@@ -323,10 +330,21 @@ HOOKS = {
                             (ACTOR_HANDOVER[0], "ray.tune.trainable.function_trainable"),
                             (SYNC_WARNING[0], "ray.tune.execution.experiment_state"),
                             (API_SERVER, "ray._private.ray_constants"))},
-    f"logger {TUNE_CONTROLLER_LOGGER}": lambda: _source_mentions("ray.tune.execution.tune_controller",
-                                                                 "logging.getLogger(__name__)"),
+    **{f"logger {name}": (lambda name=name: _source_mentions(name, "logging.getLogger(__name__)"))
+       for name in (TUNE_CONTROLLER_LOGGER, EXPERIMENT_ANALYSIS_LOGGER)},
     "Tune's file names": lambda: _tune_file_names_match(),
+    "Tune's checkpoint names and the run metadata's last report": lambda: _checkpoint_names_match(),
 }
+
+
+def _checkpoint_names_match() -> bool:
+    from ray.train import constants
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    return (StorageContext._make_checkpoint_dir_name(7) == f"{CHECKPOINT_PREFIX}000007"
+            and constants.CHECKPOINT_DIR_NAME == CHECKPOINT_DIR_NAME
+            and LAST_RESULT in _TrainingRunMetadata().get_json_state())
 
 
 def _tune_file_names_match() -> bool:

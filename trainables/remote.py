@@ -216,3 +216,12 @@ def upload(local: Path, paths: list[str], uri: str, threads: int = THREADS) -> N
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, paths))
+
+
+def filesystem(location: str):
+    """(pyarrow file system, path) for a URI or a local folder: code that works on both."""
+    if is_uri(location):
+        return split(location)
+    from pyarrow import fs
+
+    return fs.LocalFileSystem(), str(Path(location).resolve())
