@@ -587,7 +587,7 @@ def _test_section(r: dict) -> str:
     test_file = r["dir"] / "retrained" / "test_metrics.json"
     if not test_file.is_file():
         return _section("test", "Held-out test split",
-                        f"<p>Not tested yet: run <code>python -m analysis.retrain {html.escape(str(r['dir']))}</code>"
+                        f"<p>Not tested yet: run <code>python -m analysis.retrain {html.escape(r['shown'])}</code>"
                         " and build this report again.</p>")
     t = json.loads(test_file.read_text())
     n = t["test_images"]
@@ -614,9 +614,11 @@ def _read(results_dir: Path) -> dict:
             "space_text": (results_dir / "space.yaml").read_text(), "col": f"best_{info['metric']}"}
 
 
-def build(results_dir: str | Path) -> Path:
-    """Write RESULTS_DIR/report.html: one <section> per entry of SECTIONS, plots inlined."""
+def build(results_dir: str | Path, shown: str | None = None) -> Path:
+    """Write RESULTS_DIR/report.html: one <section> per entry of SECTIONS, plots inlined. SHOWN is
+    how the page names the results (their URI, when RESULTS_DIR is this machine's copy)."""
     r = _read(Path(results_dir).resolve())
+    r["shown"] = shown or str(r["dir"])
     sections = [_summary_section, _leaderboard_section, _deployment_section, _curves_section, _knobs_section,
                 _best_section, _test_section]
     body = "".join(f(r) for f in sections)
@@ -638,7 +640,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout)
-        out = build(results_dir)
+        out = build(results_dir, uri)
         if uri:
             remote_results.push(results_dir, uri, [out.name])
     except (results_folder.ResultsError, remote.StorageError) as e:
