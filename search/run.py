@@ -239,6 +239,11 @@ def check_study_options(args, name: str, spec) -> None:
     """--warm-start and --study-storage are checked before Ray starts."""
     if args.warm_start and args.resume:
         raise space_mod.SpaceError("--warm-start: a resumed search keeps its own study; drop --warm-start")
+    if args.warm_start and remote.is_uri(args.warm_start):  # an earlier search in a bucket: its records, here
+        try:
+            args.warm_start = str(remote_results.pull(args.warm_start.rstrip("/")))
+        except remote.StorageError as e:
+            raise space_mod.SpaceError(f"--warm-start {e}") from None
     if args.warm_start:
         _check_warm_start(args.warm_start, spec)
     if args.study_storage and not args.resume:
@@ -298,6 +303,9 @@ def run_search(args, spec, name: str, index):
         if remote.is_uri(results):  # before any trial: trials on other nodes read the split from there
             remote_results.push(exp_dir, results, INPUT_FILES)
     cluster = ray.cluster_resources()
+    if args.address and remote.is_uri(results) and not remote.is_uri(context.data_root) and not index.source:
+        print(f"warning: the images are a folder of this machine ({context.data_root}); trials on other nodes "
+              "read them at that path: mount it there too, or put them in the bucket (--data s3://...)", flush=True)
     n = _concurrency(args, spec, cluster)
     warm_cache(spec, context)
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
@@ -500,7 +508,7 @@ def main(argv=None) -> int:
         owns_ray = start_ray(args.address, args.verbose)
         stop_on_sigterm()  # after ray.init, whose own SIGTERM handler would abort this process
         table, interrupted = run_search(args, spec, name, index)
-    except space_mod.SpaceError as e:
+    except (space_mod.SpaceError, remote.StorageError) as e:  # the bucket failing mid-search, too
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before Tune took over the signal, or after it returned

@@ -98,12 +98,14 @@ class DataIndex:
     # groups of byte-identical images filed under different classes: [[(path, label), ...], ...]
     conflicting: list[list[tuple[str, str]]] = field(default_factory=list)
     conflicting_dropped: bool = False
-    uri: str | None = None  # where the images are, when root is this node's copy of a bucket's prefix
+    # how every node names the images when root is this node's own copy of them: a bucket's
+    # prefix, or the embedded set's name (each node writes it out from the installed package)
+    source: str | None = None
 
     @property
     def location(self) -> str:
-        """Where every node finds the images: the bucket's prefix, or the folder."""
-        return self.uri or str(self.root)
+        """Where every node finds the images: the bucket's prefix, the embedded set, or the folder."""
+        return self.source or str(self.root)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {s: {c: 0 for c in self.classes} for s in SPLITS}
@@ -335,9 +337,12 @@ def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
 
 
 def image_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The folder this node reads ROOT's images from: ROOT, or its copy of a bucket's prefix."""
+    """The folder this node reads ROOT's images from: ROOT, its copy of a bucket's prefix, or the
+    embedded set written out in its cache."""
     if remote.is_uri(root):
         return remote_images.local_root(str(root), cache_dir or default_cache_dir())
+    if str(root) in EMBEDDED:
+        return resolve_source(str(root), cache_dir)
     return Path(root)
 
 
@@ -356,6 +361,8 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
     try:
         if remote.is_uri(root):
             root = remote_images.fetch(str(root), items, cache_dir, stream=stream)
+        elif str(root) in EMBEDDED:
+            root = resolve_source(str(root), cache_dir)
         arr = image_cache.open_or_build(root, [it.path for it in items], image_size,
                                         cache_dir, stream=stream, max_gb=cache_max_gb)
     except (cache_budget.CacheFull, remote.StorageError) as e:
@@ -374,9 +381,10 @@ def prepare(source: str, fractions: dict[str, float], seed: int, limit: int | No
         except remote.StorageError as e:
             raise DataError(f"--data {e}") from None
         index = scan(root)
-        index.uri, index.skipped = source, index.skipped + others
+        index.source, index.skipped = source, index.skipped + others
     else:
         index = scan(resolve_source(source, cache_dir))
+        index.source = source if source in EMBEDDED else None
     resolve_conflicting_labels(index, conflicting_labels)
     _check_classes_not_empty(index)
     limit_per_class(index, limit, seed)
