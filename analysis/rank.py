@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=10, help="rows to print (the CSV has every trial)")
     args = p.parse_args(argv)
     try:
-        results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout)
+        results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout, checkpoints=False)
         info = results_folder.read_search_info(results_dir)
         table, _ = results_folder.write_trials_csv(results_dir)
     except (results_folder.ResultsError, remote.StorageError) as e:

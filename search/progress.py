@@ -77,6 +77,11 @@ class Uploader(Callback):
         from search.remote_results import push
 
         self.last = time.time()
+        missing = [n for n in self.names if not (self.local / n).is_file()]
+        if missing and not getattr(self, "warned", False):  # e.g. resumed where the cache path differs
+            self.warned = True
+            print(f"warning: {', '.join(missing)} not found in {self.local}; not uploaded to {self.uri}",
+                  file=sys.stderr, flush=True)
         try:
             push(self.local, self.uri, self.names)
         except ValueError as e:  # a storage hiccup: the next step tries again

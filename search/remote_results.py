@@ -32,19 +32,23 @@ def _is_checkpoint(rel: str) -> bool:
 
 
 def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
-    """Bring this machine's copy of URI up to date (files missing here or of another size; the
-    journal only when the bucket's is longer) and return it. Without CHECKPOINTS, Ray's
-    checkpoints stay in the bucket (the search needs only the records). An empty URI empties the
-    copy: a new search starts from nothing."""
+    """Bring this machine's copy of URI up to date and return it: files missing here or of another
+    size or time are fetched (the journal only when the bucket's is longer), files no longer in the
+    bucket removed. Without CHECKPOINTS, Ray's checkpoints stay in the bucket (the search and
+    analysis.rank need only the records). An empty URI empties the copy."""
     local = local_copy(uri)
     objects = remote.listing(uri)
     if not objects:
         shutil.rmtree(local, ignore_errors=True)
-    wanted = [rel for rel, (size, _) in objects.items()
+    for path in (p for p in local.rglob("*") if p.is_file()) if local.is_dir() else ():
+        rel = path.relative_to(local).as_posix()
+        if rel not in objects and rel != JOURNAL:  # removed from the bucket (or a search deleted there)
+            path.unlink()
+    wanted = [rel for rel, version in objects.items()
               if (checkpoints or not _is_checkpoint(rel)) and not rel.endswith(".hpo-write-check")
-              and _older_here(local / rel, size, rel == JOURNAL)]
+              and _older_here(local / rel, version, rel == JOURNAL)]
     local.mkdir(parents=True, exist_ok=True)
-    remote.download(uri, wanted, local)
+    remote.download(uri, wanted, local, versions={rel: objects[rel][1] for rel in wanted})
     if stream is not None:
         total = sum(objects[rel][0] for rel in wanted)
         print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB; {len(objects) - len(wanted)} already here) "
@@ -52,15 +56,18 @@ def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
     return local
 
 
-def _older_here(path: Path, size: int, append_only: bool) -> bool:
+def _older_here(path: Path, version: tuple[int, int], append_only: bool) -> bool:
     if not path.is_file():
         return True
-    here = path.stat().st_size
-    return size > here if append_only else size != here
+    size, mtime = version
+    here = path.stat()
+    return size > here.st_size if append_only else (size, mtime) != (here.st_size, here.st_mtime_ns)
 
 
 def push(local: Path, uri: str, names: list[str]) -> None:
-    """Upload LOCAL/name to URI/name for each file name, and every file under each folder name."""
+    """Upload LOCAL/name to URI/name for each file name, and every file under each folder name.
+    A CSV names the bucket's paths, not this machine's copy's; the journal goes up to its last
+    whole line (Optuna may be appending to it)."""
     files = []
     for name in names:
         p = local / name
@@ -68,16 +75,25 @@ def push(local: Path, uri: str, names: list[str]) -> None:
             files += [str(f.relative_to(local)) for f in p.rglob("*") if f.is_file()]
         elif p.is_file():
             files.append(name)
-    remote.upload(local, files, uri)
+    plain = [f for f in files if not f.endswith(".csv") and f != JOURNAL]
+    remote.upload(local, plain, uri)
+    for rel in set(files) - set(plain):
+        raw = (local / rel).read_bytes()
+        if rel == JOURNAL:
+            raw = raw[:raw.rfind(b"\n") + 1]
+        else:
+            raw = raw.replace(str(local).encode(), uri.encode())
+        remote.write_bytes(remote.join(uri, rel), raw)
 
 
-def open_results(path: str, stream=None) -> tuple[Path, str | None]:
+def open_results(path: str, stream=None, checkpoints: bool = True) -> tuple[Path, str | None]:
     """(a local results folder, the URI it is a copy of or None) for an analysis command's
-    argument: a folder as it is, a URI copied down whole (the commands read checkpoints)."""
+    argument: a folder as it is, a URI copied down (with its checkpoints, for commands that load
+    models)."""
     if not remote.is_uri(path):
         return Path(path), None
     uri = path.rstrip("/")
-    local = pull(uri, checkpoints=True, stream=stream)
+    local = pull(uri, checkpoints=checkpoints, stream=stream)
     if not any(local.iterdir()):
         raise remote.StorageError(f"{uri}: no results there (no objects under this prefix)")
     if stream is not None:

@@ -324,7 +324,8 @@ def run_search(args, spec, name: str, index):
         pass
     elapsed = time.time() - started
     if remote.is_uri(results):  # Tune's own records of the trials, as it left them in the bucket
-        remote_results.pull(results)
+        _after_search(remote_results.pull, results, why="reading Tune's last records from the bucket failed; "
+                      "the table below is this machine's copy's")
     table, csv_path = results_folder.write_trials_csv(exp_dir)
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
     budget = spec.search.time_budget_s
@@ -332,10 +333,22 @@ def run_search(args, spec, name: str, index):
     if not interrupted:
         _close_study(args, exp_dir, info)
     if remote.is_uri(results):
-        remote_results.push(exp_dir, results, [csv_path.name, study_mod.JOURNAL_FILE])
-        csv_path = _under(results, csv_path.name)
+        if _after_search(remote_results.push, exp_dir, results, [csv_path.name, study_mod.JOURNAL_FILE],
+                         why=f"uploading trials.csv failed; it is in {exp_dir}"):
+            csv_path = _under(results, csv_path.name)
     print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted)
     return table, interrupted
+
+
+def _after_search(step, *args, why: str) -> bool:
+    """Run a bucket STEP once the trials are over: a storage failure then costs a warning, not the
+    search's outcome (the trials' own results are in the bucket already)."""
+    try:
+        step(*args)
+        return True
+    except remote.StorageError as e:
+        print(f"warning: {why} ({e})", file=sys.stderr, flush=True)
+        return False
 
 
 def _objective_line(spec) -> str:
@@ -508,7 +521,7 @@ def main(argv=None) -> int:
         owns_ray = start_ray(args.address, args.verbose)
         stop_on_sigterm()  # after ray.init, whose own SIGTERM handler would abort this process
         table, interrupted = run_search(args, spec, name, index)
-    except (space_mod.SpaceError, remote.StorageError) as e:  # the bucket failing mid-search, too
+    except (space_mod.SpaceError, remote.StorageError, DataError) as e:  # a bucket failing mid-search, too
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before Tune took over the signal, or after it returned

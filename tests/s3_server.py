@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -64,7 +65,9 @@ def s3_server(bucket: str, users: bool = False):
     env = dict(os.environ)
     if users:  # the three IAM calls that make the first user are let through; then every request is checked
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
-    log = open(Path(os.environ.get("HPO_CACHE_DIR", "/tmp")) / f"moto-{port}.log", "w")
+    logs = Path(os.environ.get("HPO_CACHE_DIR") or tempfile.gettempdir())  # the tests' own temporary folder
+    logs.mkdir(parents=True, exist_ok=True)
+    log = open(logs / f"moto-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:

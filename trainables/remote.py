@@ -48,14 +48,25 @@ def _filesystem(root: str):
     return fs.FileSystem.from_uri(root)[0]
 
 
+BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # where the first part of the path is the bucket
+
+
 def split(uri: str):
-    """(pyarrow file system, path in it) for URI; the file system is made once per bucket."""
+    """(pyarrow file system, path in it) for URI; the file system is made once per bucket (making
+    one may ask the store for the bucket's region)."""
     base, _, query = uri.partition("?")
     sch, rest = base.split("://", 1)
     root = f"{sch}://{rest.split('/', 1)[0]}" + (f"?{query}" if query else "")
     try:
-        return _filesystem(root), rest.rstrip("/")
-    except (ValueError, OSError, TypeError) as e:
+        if sch.lower() in BUCKET_SCHEMES:
+            return _filesystem(root), rest.rstrip("/")
+        from pyarrow import fs
+
+        f, path = fs.FileSystem.from_uri(uri)
+        return f, path.rstrip("/")
+    except OSError as e:
+        raise StorageError(explain(uri, e)) from None
+    except (ValueError, TypeError) as e:
         raise StorageError(f"{uri}: not a storage URI pyarrow can open ({_first_line(e)})") from None
 
 
@@ -85,11 +96,13 @@ def _instance_metadata() -> bool:
 
     req = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
                                  headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-    try:
-        with urllib.request.urlopen(req, timeout=1):
-            return True
-    except OSError:
-        return False
+    for request in (req, "http://169.254.169.254/latest/meta-data/"):  # IMDSv2, else v1 (a container's hop)
+        try:
+            with urllib.request.urlopen(request, timeout=1):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
@@ -100,12 +113,14 @@ def explain(uri: str, e: BaseException) -> str:
     """One line for a storage error: what is wrong with URI, not the client's call stack."""
     text = str(e)
     bucket = uri.split("://", 1)[-1].split("/", 1)[0]
-    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text or "bucket does not exist" in text:
-        return f"{uri}: bucket {bucket!r} does not exist (check the name and the region)"
-    if "ACCESS_DENIED" in text or "AccessDenied" in text or "Forbidden" in text or "403" in text:
-        return f"{uri}: access denied; these credentials may not use bucket {bucket!r}"
-    if "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "INVALID_ACCESS_KEY" in text:
+    if any(code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "INVALID_ACCESS_KEY",
+                                     "SIGNATURE_DOES_NOT_MATCH", "ExpiredToken", "InvalidToken")):
         return f"{uri}: the credentials are not valid for this storage ({_first_line(e)})"
+    if any(code in text for code in ("NO_SUCH_BUCKET", "NoSuchBucket", "bucket does not exist",
+                                     f"Bucket '{bucket}' not found")):
+        return f"{uri}: bucket {bucket!r} does not exist (check the name and the region)"
+    if any(code in text for code in ("ACCESS_DENIED", "AccessDenied", "HTTP status 403")):
+        return f"{uri}: access denied; these credentials may not use bucket {bucket!r}"
     return f"{uri}: {_first_line(e)}"
 
 
@@ -179,10 +194,12 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise StorageError(explain(uri, e)) from None
 
 
-def download(uri: str, paths: list[str], dest: Path, each=None, threads: int = THREADS) -> None:
+def download(uri: str, paths: list[str], dest: Path, each=None, threads: int = THREADS,
+             versions: dict[str, int] | None = None) -> None:
     """Copy URI/path to DEST/path for every path, in parallel; each file appears whole (written
     to a temporary name, then renamed). EACH(path, bytes) runs on every file's bytes (hashing,
-    progress) before it is written, and may raise to refuse it."""
+    progress) before it is written, and may raise to refuse it. VERSIONS gives each copy the
+    object's mtime (ns)."""
     f, base = split(uri)
 
     def one(rel: str) -> None:
@@ -190,14 +207,21 @@ def download(uri: str, paths: list[str], dest: Path, each=None, threads: int = T
         try:
             with f.open_input_stream(f"{base}/{rel}") as src:
                 raw = src.read()
+            mtime = (versions or {}).get(rel)
         except OSError as e:
             raise StorageError(explain(join(uri, rel), e)) from None
         if each is not None:
             each(rel, raw)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part{os.getpid()}")
-        tmp.write_bytes(raw)
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(raw)
+            if mtime:  # the copy carries the object's time: a later listing tells whether it changed
+                os.utime(tmp, ns=(mtime, mtime))
+            os.replace(tmp, target)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"{target}: cannot write the copy of {join(uri, rel)} ({e.strerror or e})") from None
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, paths))

@@ -34,7 +34,7 @@ def local_root(uri: str, cache_dir: str | Path) -> Path:
 @contextmanager
 def _locked(root: Path):
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.with_suffix(".lock"), "w") as lock:
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the node's other trials wait for one copy
         except OSError:  # a file system without locks: each file still appears whole
@@ -44,15 +44,15 @@ def _locked(root: Path):
 
 def _manifest(root: Path) -> dict:
     try:
-        return json.loads(root.with_suffix(".json").read_text())
+        return json.loads((root.parent / f"{root.name}.json").read_text())
     except (OSError, ValueError):
         return {}
 
 
 def _save_manifest(root: Path, manifest: dict) -> None:
-    tmp = root.with_suffix(".json.part")
+    tmp = root.parent / f"{root.name}.json.part"
     tmp.write_text(json.dumps(manifest))
-    tmp.replace(root.with_suffix(".json"))
+    tmp.replace(root.parent / f"{root.name}.json")
 
 
 class _Copy:
@@ -93,6 +93,8 @@ def mirror(uri: str, cache_dir: str | Path, stream=None) -> tuple[Path, list[str
     root = local_root(uri, cache_dir)
     with _locked(root):
         manifest = _manifest(root)
+        for part in root.rglob(".*.part*") if root.is_dir() else ():  # a copy killed halfway
+            part.unlink(missing_ok=True)
         for rel in set(manifest) - set(images):  # gone from the bucket: gone from the copy
             (root / rel).unlink(missing_ok=True)
             del manifest[rel]
