@@ -163,15 +163,19 @@ def check_writable(uri: str) -> None:
     except OSError as e:
         raise StorageError(explain(uri, e)) from None
     probe = path + "/.hpo-write-check"
-    try:
-        with f.open_output_stream(probe) as out:
-            out.write(b"hpo-finetune checks that it may write here; this object is removed at once\n")
-        f.delete_file(probe)
-    except OSError as e:
-        why = explain(uri, e)
-        if why.endswith(f"may not use bucket {uri.split('://', 1)[-1].split('/', 1)[0]!r}"):
-            why = f"{uri}: cannot write there (access denied): these credentials may read the bucket but not write it"
-        raise StorageError(why) from None
+    for step, denied in (("write", "cannot write there (access denied): these credentials may read the bucket "
+                                   "but not write it"),
+                         ("delete", "cannot delete there (access denied): the search removes checkpoints beyond "
+                                    "checkpoint.keep; these credentials may write but not delete")):
+        try:
+            if step == "write":
+                with f.open_output_stream(probe) as out:
+                    out.write(b"hpo-finetune checks that it may write here; this object is removed at once\n")
+            else:
+                f.delete_file(probe)
+        except OSError as e:
+            why = explain(uri, e)
+            raise StorageError(f"{uri}: {denied}" if ": access denied; " in why else why) from None
 
 
 def read_bytes(uri: str) -> bytes:
