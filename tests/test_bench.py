@@ -19,7 +19,8 @@ from tests.conftest import ROOT
     ("final_model.py", r"goal>=1"),
     ("footprint.py", r"goal<=0\.02"),
 ])  # left out: bench/warm_start.py --quick (two searches, a minute; tests/test_live_study.py warm-starts) and
-# bench/constraints.py --quick (a search; tests/test_deployment.py runs a constrained one)
+# bench/constraints.py --quick (a search; tests/test_deployment.py runs a constrained one) and
+# bench/object_storage.py (three searches and an S3 server; tests/test_multinode.py searches a bucket)
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
