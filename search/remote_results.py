@@ -16,6 +16,7 @@ from pathlib import Path
 from trainables import remote
 from trainables.context import TRAIN_RUNS
 from trainables.data import default_cache_dir
+from trainables.ray_internals import CHECKPOINT_PREFIX
 
 JOURNAL = "optuna.journal"  # the study's journal: appended to, so the longer copy is the newer
 
@@ -28,7 +29,7 @@ def local_copy(uri: str) -> Path:
 
 def _is_checkpoint(rel: str) -> bool:
     parts = rel.split("/")
-    return parts[0] == TRAIN_RUNS or any(p.startswith("checkpoint_") for p in parts)
+    return parts[0] == TRAIN_RUNS or any(p.startswith(CHECKPOINT_PREFIX) for p in parts)
 
 
 def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
@@ -44,14 +45,15 @@ def pull(uri: str, checkpoints: bool = False, stream=None) -> Path:
         rel = path.relative_to(local).as_posix()
         if rel not in objects and rel != JOURNAL:  # removed from the bucket (or a search deleted there)
             path.unlink()
-    wanted = [rel for rel, version in objects.items()
-              if (checkpoints or not _is_checkpoint(rel)) and not rel.endswith(".hpo-write-check")
-              and _older_here(local / rel, version, rel == JOURNAL)]
+    taken = [rel for rel in objects
+             if (checkpoints or not _is_checkpoint(rel)) and not rel.endswith(".hpo-write-check")]
+    wanted = [rel for rel in taken if _older_here(local / rel, objects[rel], rel == JOURNAL)]
     local.mkdir(parents=True, exist_ok=True)
     remote.download(uri, wanted, local, versions={rel: objects[rel][1] for rel in wanted})
     if stream is not None:
         total = sum(objects[rel][0] for rel in wanted)
-        print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB; {len(objects) - len(wanted)} already here) "
+        left = f", {len(objects) - len(taken)} checkpoint files left in the bucket" if not checkpoints else ""
+        print(f"copied {len(wanted)} files ({total / 1e6:.1f} MB; {len(taken) - len(wanted)} already here{left}) "
               f"of {uri} to {local}", file=stream, flush=True)
     return local
 
