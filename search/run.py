@@ -308,10 +308,11 @@ def run_search(args, spec, name: str, index):
               "read them at that path: mount it there too, or put them in the bucket (--data s3://...)", flush=True)
     n = _concurrency(args, spec, cluster)
     warm_cache(spec, context)
+    asha = info["scheduler"]  # the search's own settings: a resumed search keeps those it started with
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{spec.search.num_samples} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
-          f"ASHA on epoch (max {spec.max_epochs()}, grace {spec.search.scheduler.grace_period}, "
-          f"reduction {spec.search.scheduler.reduction_factor:g}); {_objective_line(spec)}")
+          f"{info['num_samples']} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
+          f"ASHA on epoch (max {asha['max_t']}, grace {asha['grace_period']}, "
+          f"reduction {asha['reduction_factor']:g}); {_objective_line(info)}")
     print(f"results: {results}" + (f" (this machine's copy: {exp_dir})" if results != str(exp_dir) else ""),
           flush=True)
     tuner = _tuner(args, spec, name, exp_dir, state, context, n, results)
@@ -351,13 +352,14 @@ def _after_search(step, *args, why: str) -> bool:
         return False
 
 
-def _objective_line(spec) -> str:
-    """The objective(s), which one ASHA stops trials on, and the constraints, as the start line says them."""
-    s = spec.search
-    said = results_folder.describe_objectives(s.objectives)
-    line = (f"objective {said}" if len(s.objectives) == 1 else
-            f"objectives {said} (Optuna's multi-objective TPE; ASHA stops trials on {s.asha_metric})")
-    limits = s.constraints.limits()
+def _objective_line(info: dict) -> str:
+    """The objective(s), which one ASHA stops trials on, and the constraints, as the start line says
+    them (from the search's search.json)."""
+    objs = results_folder.objectives(info)
+    said = results_folder.describe_objectives(objs)
+    line = (f"objective {said}" if len(objs) == 1 else
+            f"objectives {said} (Optuna's multi-objective TPE; ASHA stops trials on {info['metric']})")
+    limits = results_folder.limits(info)
     if limits:
         line += f"; constraints {results_folder.describe_limits(limits)} (a configuration over them is not trained)"
     return line
@@ -473,7 +475,17 @@ def print_outcome(args, name: str, results: str, info: dict, table, csv_path, el
           f"        python -m analysis.report {results}")
     if interrupted:
         print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
-              f"  python -m search.run {args.space} --storage {args.storage} --name {name} --resume", flush=True)
+              f"  {resume_command(args, name)}", flush=True)
+
+
+def resume_command(args, name: str) -> str:
+    """The command that continues this search: where it is, and the cluster and data it ran on
+    (the resumed search keeps its saved inputs; --data spares it preparing the space's default)."""
+    import shlex
+
+    extra = [*(["--address", args.address] if args.address else []), *(["--data", args.data] if args.data else [])]
+    return shlex.join(["python", "-m", "search.run", args.space, "--storage", args.storage, "--name", name,
+                       *extra, "--resume"])
 
 
 def warm_cache(spec, context: TrialContext) -> None:

@@ -66,9 +66,10 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     again = search_cli(cmd[3:], timeout=300)
     assert again.returncode == 2 and "add --resume to continue it" in again.stderr  # said, not silently redone
 
-    resumed = search_cli(cmd[3:] + ["--resume"], timeout=600)
+    # a resumed search keeps the settings it started with, and says those, not the command line's
+    resumed = search_cli(cmd[3:] + ["--set", "search.num_samples=99", "--resume"], timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming:" in resumed.stdout
+    assert "resuming:" in resumed.stdout and f"; {TRIALS} trials, up to " in resumed.stdout, resumed.stdout
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == TRIALS and set(trials["status"]) <= {"completed", "stopped"}
     for trial_id, n in done_before.items():  # finished trials did not run again
@@ -142,3 +143,20 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
     assert "unfinished" in set(pd.read_csv(tmp_path / "res" / "term" / "trials.csv")["status"])
     assert not strays, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(map(str, strays))],
                                       capture_output=True, text=True).stdout
+
+
+def test_the_printed_resume_command_joins_the_same_cluster_and_data():
+    """Printed when a search is interrupted: on a cluster, without --address the resume would start a
+    Ray of its own on the head; without --data it would prepare the space's default data first."""
+    import argparse
+
+    from search.run import resume_command
+
+    args = argparse.Namespace(space="spaces/finetune.yaml", storage="s3://my-bucket/hpo", address="auto",
+                              data="s3://my-bucket/my images/")
+    assert resume_command(args, "finetune") == (
+        "python -m search.run spaces/finetune.yaml --storage s3://my-bucket/hpo --name finetune --address auto "
+        "--data 's3://my-bucket/my images/' --resume")
+    local = argparse.Namespace(space="spaces/smoke.yaml", storage="results", address=None, data=None)
+    assert resume_command(local, "smoke") == ("python -m search.run spaces/smoke.yaml --storage results --name smoke "
+                                              "--resume")
