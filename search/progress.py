@@ -64,7 +64,7 @@ class Uploader(Callback):
 
     def __init__(self, local, uri: str, names: list[str], every_s: float = 10.0):
         self.local, self.uri, self.names, self.every_s = local, uri, names, every_s
-        self.last = 0.0
+        self.last, self.warned = 0.0, False
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.time() - self.last >= self.every_s:
@@ -78,7 +78,7 @@ class Uploader(Callback):
 
         self.last = time.time()
         missing = [n for n in self.names if not (self.local / n).is_file()]
-        if missing and not getattr(self, "warned", False):  # e.g. resumed where the cache path differs
+        if missing and not self.warned:  # e.g. resumed where the cache path differs
             self.warned = True
             print(f"warning: {', '.join(missing)} not found in {self.local}; not uploaded to {self.uri}",
                   file=sys.stderr, flush=True)

@@ -8,8 +8,6 @@ they wrote. The copy lives in this machine's cache, one folder per URI (`local_c
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 from pathlib import Path
 
@@ -23,8 +21,7 @@ JOURNAL = "optuna.journal"  # the study's journal: appended to, so the longer co
 
 def local_copy(uri: str) -> Path:
     """This machine's copy of the results folder URI."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", uri.split("://", 1)[-1].partition("?")[0]).strip("-")[-60:]
-    return default_cache_dir() / "results" / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+    return default_cache_dir() / "results" / remote.copy_name(uri)
 
 
 def _is_checkpoint(rel: str) -> bool:

@@ -285,12 +285,13 @@ def _check_study_storage(url: str, name: str) -> None:
                                    "pick another --name")
 
 
-def run_search(args, spec, name: str, index):
-    """Run the Tuner on a validated space and prepared data; return the trials table, and whether
-    the search was interrupted (Ctrl-C) before all its trials ran."""
+def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
+    """Run the Tuner on a validated space and prepared data, in the results folder CHECKED (what
+    check_results_dir returned); return the trials table, and whether the search was interrupted
+    (Ctrl-C) before all its trials ran."""
     import ray
 
-    exp_dir, state = check_results_dir(args, name)
+    exp_dir, state = checked
     results = results_location(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
     info = (results_folder.read_search_info(exp_dir) if args.resume
@@ -514,7 +515,7 @@ def main(argv=None) -> int:
     try:
         spec, name, index = prepare(args)
         if not args.dry_run:
-            check_results_dir(args, name)  # before Ray starts
+            checked = check_results_dir(args, name)  # before Ray starts
             check_study_options(args, name, spec)
         if args.mlflow:
             import importlib.util
@@ -532,7 +533,7 @@ def main(argv=None) -> int:
     try:
         owns_ray = start_ray(args.address, args.verbose)
         stop_on_sigterm()  # after ray.init, whose own SIGTERM handler would abort this process
-        table, interrupted = run_search(args, spec, name, index)
+        table, interrupted = run_search(args, spec, name, index, checked)
     except (space_mod.SpaceError, remote.StorageError, DataError) as e:  # a bucket failing mid-search, too
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -329,11 +329,9 @@ def save_split(index: DataIndex, path: Path) -> None:
 def read_split(path: str | Path, splits: tuple[str, ...]) -> list[Item]:
     """Rows of a saved split restricted to `splits` (a search trial asks for train and val only);
     PATH may be in a bucket (a search whose results are there)."""
-    if remote.is_uri(path):
-        rows = csv.DictReader(io.StringIO(remote.read_bytes(str(path)).decode()))
-        return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in rows if r["split"] in splits]
-    with open(path, newline="") as f:
-        return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in csv.DictReader(f) if r["split"] in splits]
+    text = (remote.read_bytes(str(path)) if remote.is_uri(path) else Path(path).read_bytes()).decode()
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return [Item(r["path"], r["label"], r["split"], r["sha1"]) for r in rows if r["split"] in splits]
 
 
 def image_folder(root: str | Path, cache_dir: str | Path | None = None) -> Path:

@@ -48,7 +48,7 @@ def cache_path(cache_dir: Path, root: Path, paths: list[str], image_size: int) -
     return decoded_dir(cache_dir) / f"{cache_key(root, paths, image_size)}-{len(paths)}x{image_size}.npy"
 
 
-def _progress(label: str, done: int, total: int, started: float, stream) -> None:
+def progress(label: str, done: int, total: int, started: float, stream) -> None:
     """A live counter on a terminal; in a log file, one line when the build is done."""
     if stream is None:
         return
@@ -81,7 +81,7 @@ def build(root: Path, paths: list[str], image_size: int, dest: Path, threads: in
         with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
             for done, _ in enumerate(pool.map(one, range(len(paths))), 1):  # PIL decodes without the GIL
                 if done % step == 0 or done == len(paths):
-                    _progress(label, done, len(paths), started, stream)
+                    progress(label, done, len(paths), started, stream)
         out.flush()
         dest.with_suffix(".json").write_text(json.dumps({"source": str(root), "images": len(paths),
                                                          "image_size": int(image_size)}))

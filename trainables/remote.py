@@ -13,6 +13,7 @@ Endpoints and credentials come from the usual places, as for every AWS tool: `AW
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,12 @@ def join(uri: str, *parts: str) -> str:
     for p in parts:
         base = base.rstrip("/") + "/" + str(p).strip("/")
     return base + q + query
+
+
+def copy_name(uri: str) -> str:
+    """A folder name for this machine's copy of URI: readable (the URI's end), and one per URI."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", uri.split("://", 1)[-1].partition("?")[0]).strip("-")[-60:]
+    return f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
 
 
 def scheme(uri: str) -> str:
@@ -163,19 +170,23 @@ def check_writable(uri: str) -> None:
     except OSError as e:
         raise StorageError(explain(uri, e)) from None
     probe = path + "/.hpo-write-check"
-    for step, denied in (("write", "cannot write there (access denied): these credentials may read the bucket "
-                                   "but not write it"),
-                         ("delete", "cannot delete there (access denied): the search removes checkpoints beyond "
-                                    "checkpoint.keep; these credentials may write but not delete")):
-        try:
-            if step == "write":
-                with f.open_output_stream(probe) as out:
-                    out.write(b"hpo-finetune checks that it may write here; this object is removed at once\n")
-            else:
-                f.delete_file(probe)
-        except OSError as e:
-            why = explain(uri, e)
-            raise StorageError(f"{uri}: {denied}" if ": access denied; " in why else why) from None
+    try:
+        with f.open_output_stream(probe) as out:
+            out.write(b"hpo-finetune checks that it may write here; this object is removed at once\n")
+    except OSError as e:
+        raise _denied(uri, e, "cannot write there (access denied): these credentials may read the bucket but not "
+                              "write it") from None
+    try:
+        f.delete_file(probe)
+    except OSError as e:
+        raise _denied(uri, e, "cannot delete there (access denied): the search removes checkpoints beyond "
+                              "checkpoint.keep; these credentials may write but not delete") from None
+
+
+def _denied(uri: str, e: OSError, denied: str) -> StorageError:
+    """DENIED where the store refused access, else what `explain` says."""
+    why = explain(uri, e)
+    return StorageError(f"{uri}: {denied}" if ": access denied; " in why else why)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -15,20 +15,19 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import re
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from trainables import remote
+from trainables.image_cache import progress
 from trainables.images import IMAGE_EXTENSIONS, DataError
 
 
 def local_root(uri: str, cache_dir: str | Path) -> Path:
     """Where this node keeps its copy of URI's images: readable, and one folder per prefix."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", uri.split("://", 1)[-1].partition("?")[0]).strip("-")[:60]
-    return Path(cache_dir).expanduser() / "remote" / f"{name}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+    return Path(cache_dir).expanduser() / "remote" / remote.copy_name(uri)
 
 
 @contextmanager
@@ -56,7 +55,8 @@ def _save_manifest(root: Path, manifest: dict) -> None:
 
 
 class _Copy:
-    """One parallel copy: records each file's SHA-1 and prints progress."""
+    """One parallel copy's hook on each file: refuses bytes other than EXPECT's, records each
+    file's SHA-1, and prints progress as the image cache's build does."""
 
     def __init__(self, uri: str, total: int, stream, expect: dict[str, str] | None = None):
         self.uri, self.total, self.stream, self.expect = uri, total, stream, expect or {}
@@ -71,13 +71,24 @@ class _Copy:
         with self.lock:
             self.sha1[rel] = digest
             self.done += 1
-            step = max(1, self.total // 20)
-            if self.stream is not None and (self.done % step == 0 or self.done == self.total):
-                tty = getattr(self.stream, "isatty", lambda: False)()
-                if tty or self.done == self.total:
-                    print(f"{chr(13) if tty else ''}  copying {self.total} images from {self.uri}: {self.done}/"
-                          f"{self.total} ({time.time() - self.started:.1f}s)", end="" if tty and self.done < self.total
-                          else "\n", file=self.stream, flush=True)
+            if self.done % max(1, self.total // 20) == 0 or self.done == self.total:
+                progress(f"copying {self.total} images from {self.uri}", self.done, self.total, self.started,
+                         self.stream)
+
+
+def _copy_in(uri: str, root: Path, manifest: dict, paths: list[str], stream, versions: dict | None = None,
+             expect: dict[str, str] | None = None) -> None:
+    """Copy PATHS of URI into ROOT in parallel, recording each copied file's version (from
+    VERSIONS) and SHA-1 in MANIFEST, saved also when the copy stops halfway."""
+    copy = _Copy(uri, len(paths), stream, expect)
+    try:
+        remote.download(uri, paths, root, each=copy)
+    finally:
+        if paths and stream is not None and getattr(stream, "isatty", lambda: False)():
+            print(file=stream, flush=True)  # end the live counter's line
+        for rel, digest in copy.sha1.items():
+            manifest[rel] = {"version": list(versions[rel]) if versions else None, "sha1": digest}
+        _save_manifest(root, manifest)
 
 
 def mirror(uri: str, cache_dir: str | Path, stream=None) -> tuple[Path, list[str]]:
@@ -100,13 +111,7 @@ def mirror(uri: str, cache_dir: str | Path, stream=None) -> tuple[Path, list[str
             del manifest[rel]
         stale = sorted(p for p, (size, mtime) in images.items()
                        if manifest.get(p, {}).get("version") != [size, mtime] or not (root / p).is_file())
-        copy = _Copy(uri, len(stale), stream)
-        try:
-            remote.download(uri, stale, root, each=copy)
-        finally:
-            for rel, digest in copy.sha1.items():
-                manifest[rel] = {"version": list(images[rel]), "sha1": digest}
-            _save_manifest(root, manifest)
+        _copy_in(uri, root, manifest, stale, stream, versions=images)
     return root, sorted(set(objects) - set(images))
 
 
@@ -120,11 +125,5 @@ def fetch(uri: str, items, cache_dir: str | Path, stream=None) -> Path:
         need = sorted(p for p, digest in want.items()
                       if manifest.get(p, {}).get("sha1") != digest or not (root / p).is_file())
         if need:
-            copy = _Copy(uri, len(need), stream, expect=want)
-            try:
-                remote.download(uri, need, root, each=copy)
-            finally:
-                for rel, digest in copy.sha1.items():
-                    manifest[rel] = {"version": None, "sha1": digest}
-                _save_manifest(root, manifest)
+            _copy_in(uri, root, manifest, need, stream, expect=want)
     return root
