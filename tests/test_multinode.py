@@ -224,7 +224,8 @@ def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_pat
         assert run.returncode == 0, run.stdout
         assert " of s3://hpo/results/multi to " in run.stdout, run.stdout  # copied down first, and said so
     written = _bucket_keys(bucket, "results/multi/")
-    assert {"leaderboard.csv", "report.html", "retrained/test_metrics.json", "retrained/model/model.pt"} <= written
+    assert {"leaderboard.csv", "report.html", "retrained/test_metrics.json", "retrained/model/model.pt",
+            "optuna.journal", "trials.csv", "split.csv"} <= written
     tested = json.loads(_bucket_file(bucket, "results/multi/retrained/test_metrics.json"))
     split = pd.read_csv(io.BytesIO(_bucket_file(bucket, "results/multi/split.csv")))
     assert tested["test_images"] == (split["split"] == "test").sum() > 0 and 0 <= tested["test_acc"] <= 1

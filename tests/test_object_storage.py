@@ -165,3 +165,39 @@ def test_resume_makes_a_killed_drivers_trials_agree_with_tunes_last_saved_state(
         got = client.get_object(Bucket="hpo", Key=f"results/killed/trial_{trial}/result.json")["Body"].read()
         assert got == rows(range(1, last + 1)), trial
     assert resume_checkpoints.reconcile(results, local) == []  # mended once
+
+
+def test_a_results_copy_follows_the_bucket(s3, tmp_path, monkeypatch):
+    """This machine's copy of a bucket's results: fetched when missing or changed, dropped when gone
+    from the bucket, checkpoints only when asked; the journal is kept where the copy's is longer
+    (the driver appends to it faster than it uploads)."""
+    from search import remote_results
+
+    for k, v in s3["env"].items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    client, uri = s3["client"], "s3://hpo/results/copied"
+
+    def put(key: str, body: bytes) -> None:
+        client.put_object(Bucket="hpo", Key=f"results/copied/{key}", Body=body)
+
+    put("search.json", b"{}")
+    put("trial_a/result.json", b"1\n")
+    put("trial_a/checkpoint_000000/model.pt", b"weights")
+    put("optuna.journal", b"a\n")
+    local = remote_results.pull(uri)
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
+        "optuna.journal", "search.json", "trial_a/result.json"]
+    (local / "optuna.journal").write_bytes(b"a\nb\nc\n")  # the driver's, ahead of the bucket's
+    put("trial_a/result.json", b"1\n2\n")
+    client.delete_object(Bucket="hpo", Key="results/copied/search.json")
+    assert remote_results.pull(uri, checkpoints=True) == local
+    assert (local / "trial_a" / "result.json").read_bytes() == b"1\n2\n"
+    assert (local / "trial_a" / "checkpoint_000000" / "model.pt").read_bytes() == b"weights"
+    assert not (local / "search.json").exists() and (local / "optuna.journal").read_bytes() == b"a\nb\nc\n"
+    remote_results.push(local, uri, ["optuna.journal"])
+    (local / "optuna.journal").write_bytes(b"a\nb\nc\nhalf a li")  # caught mid-append: up to the last whole line
+    remote_results.push(local, uri, ["optuna.journal"])
+    body = client.get_object(Bucket="hpo", Key="results/copied/optuna.journal")["Body"].read()
+    assert body == b"a\nb\nc\n"
