@@ -55,8 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _abs_storage(storage: str) -> str:
-    """A URI as it is; a folder absolute, because trials run in Ray's own working directories."""
+    """A URI as it is (its bucket named); a folder absolute, because trials run in Ray's own
+    working directories."""
     if remote.is_uri(storage):
+        try:  # a URI pyarrow cannot open (or one naming no bucket) is refused here, before anything runs
+            remote.split(storage)
+        except remote.StorageError as e:
+            raise space_mod.SpaceError(f"--storage {e}") from None
         return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve())
 

@@ -49,6 +49,8 @@ def test_a_missing_prefix_is_one_line(s3, tmp_path):
                      timeout=120, env=s3["env"])
     assert _error_line(run) == ("error: --data s3://hpo/imgs/: no objects under this prefix (give the prefix "
                                 "that holds the class folders)")
+    run = search_cli([SMOKE, "--storage", "s3://", *FAST], timeout=120, env=s3["env"])
+    assert _error_line(run) == "error: --storage s3://: no bucket named; give s3://BUCKET/PREFIX"
 
 
 def test_no_credentials_is_one_line(s3, tmp_path):

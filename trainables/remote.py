@@ -64,6 +64,8 @@ def split(uri: str):
     base, _, query = uri.partition("?")
     sch, rest = base.split("://", 1)
     root = f"{sch}://{rest.split('/', 1)[0]}" + (f"?{query}" if query else "")
+    if sch.lower() in BUCKET_SCHEMES and not rest.split("/", 1)[0]:
+        raise StorageError(f"{uri}: no bucket named; give {sch}://BUCKET/PREFIX")
     try:
         if sch.lower() in BUCKET_SCHEMES:
             return _filesystem(root), rest.rstrip("/")
