@@ -75,6 +75,7 @@ class Uploader(Callback):
 
     def _upload(self) -> None:
         from search.remote_results import push
+        from trainables.remote import StorageError
 
         self.last = time.time()
         missing = [n for n in self.names if not (self.local / n).is_file()]
@@ -84,5 +85,5 @@ class Uploader(Callback):
                   file=sys.stderr, flush=True)
         try:
             push(self.local, self.uri, self.names)
-        except ValueError as e:  # a storage hiccup: the next step tries again
+        except (StorageError, OSError) as e:  # a storage hiccup: the next step tries again
             print(f"warning: could not upload {', '.join(self.names)} to {self.uri}: {e}", file=sys.stderr, flush=True)
