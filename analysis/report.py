@@ -353,6 +353,14 @@ def _section(sid: str, title: str, *body: str) -> str:
     return f"<section id='{sid}'><h2>{SECTIONS.index(sid) + 1}. {title}</h2>{''.join(body)}</section>"
 
 
+def _planned(info: dict, started: int) -> str:
+    """'5 trials of 8 planned', or with a time budget '23 trials in a 5-minute budget'."""
+    if info.get("time_s"):
+        cap = f" (at most {info['num_samples']})" if info.get("num_samples") else ""
+        return f"{started} trials in a {info['time_s'] / 60:g}-minute time budget{cap}"
+    return f"{started} trials of {info['num_samples']} planned"
+
+
 def _summary_section(r: dict) -> str:
     info, table, data_summary = r["info"], r["table"], r["data"]
     counts, classes = data_summary["counts"], data_summary["classes"]
@@ -364,7 +372,7 @@ def _summary_section(r: dict) -> str:
         f"<p>Data: {html.escape(data_summary['root'])}: {data_summary['images']} images, {len(classes)} classes, "
         f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {info['metric']} ({info['mode']}).</p>",
         _table(pd.DataFrame({"class": classes, **{s: [counts[s][c] for c in classes] for s in counts}})),
-        f"<p>Budget: {len(table)} trials of {info['num_samples']} planned; {epochs_run} trial-epochs run, "
+        f"<p>Budget: {_planned(info, len(table))}; {epochs_run} trial-epochs run, "
         f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
         f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
         f"{wall / 60:.1f} min{_gpu_hours(info, wall)}. Trials ASHA stopped were told to Optuna as pruned, "

@@ -5,11 +5,13 @@ new output engine, so progress is a `tune.Callback`.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
 from ray.tune import Callback
 
+from search.duration import say
 from search.results_folder import classify_error_file
 
 SHOWN_KNOBS_LIMIT = 8
@@ -21,15 +23,32 @@ def knobs_of(config: dict) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, metric: str, num_samples: int):
-        self.metric = metric
-        self.num_samples = num_samples
+    """Each line starts with the time since the trials began, with a time budget the time it has
+    left, and the best value of METRIC reported so far: `[  63s, 3m50s left, best 0.9513]`."""
+
+    def __init__(self, metric: str, mode: str, num_samples: int | None):
+        self.metric, self.mode = metric, mode
+        self.num_samples = num_samples  # None: as many as the time budget allows
         self.start = time.time()
         self.done = 0
+        self.best: float | None = None
 
     def _say(self, text: str) -> None:
+        from search import budget
+
+        left = budget.CLOCK.left()
+        when = f"{time.time() - self.start:6.0f}s" + ("" if left is None else f", {say(max(0, left))} left")
+        best = "" if getattr(self, "best", None) is None else f", best {self.best:.4f}"
         # sys.stdout is looked up on each call, not bound once, because Tune pickles callbacks
-        print(f"[{time.time() - self.start:6.0f}s] {text}", file=sys.stdout, flush=True)
+        print(f"[{when}{best}] {text}", file=sys.stdout, flush=True)
+
+    def _count(self) -> str:
+        return f"{self.done}/{self.num_samples} done" if self.num_samples else f"{self.done} done"
+
+    def _saw(self, value) -> None:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = getattr(self, "best", None)  # a printer pickled before `best`: none yet
+            self.best = value if best is None else max(best, value) if self.mode == "max" else min(best, value)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")
@@ -37,24 +56,30 @@ class ProgressPrinter(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("infeasible"):  # said once, when it completes
             return
+        self._saw(result.get(self.metric))
         extra = f" val_loss={result['val_loss']:.3f}" if "val_loss" in result and self.metric != "val_loss" else ""
         self._say(f"trial {trial.trial_id} epoch {result.get('epoch')}/{result.get('epoch_of', '?')}: "
                   f"{self.metric}={result.get(self.metric, float('nan')):.4f}{extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        from search import budget
+
         self.done += 1
         last = trial.last_result or {}
+        self._saw(last.get(self.metric))
         epoch, planned = last.get("epoch", 0), last.get("epoch_of", 0)
-        how = f"stopped by ASHA after epoch {epoch}/{planned}" if epoch < planned else f"completed {epoch} epochs"
+        left = budget.CLOCK.left()
+        by = "the time budget" if left is not None and left <= 0 else "ASHA"
+        how = f"stopped by {by} after epoch {epoch}/{planned}" if epoch < planned else f"completed {epoch} epochs"
         if last.get("infeasible"):
             how = f"not trained: {last['infeasible']} (over search.constraints)"
-        self._say(f"trial {trial.trial_id} {how} ({self.done}/{self.num_samples} done)")
+        self._say(f"trial {trial.trial_id} {how} ({self._count()})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
         status, reason = classify_error_file(trial.error_file, trial.config)
         self._say(f"trial {trial.trial_id} {'DIVERGED' if status == 'diverged' else 'FAILED'}: {reason} "
-                  f"({self.done}/{self.num_samples} done; the search goes on)")
+                  f"({self._count()}; the search goes on)")
 
 
 class Uploader(Callback):

@@ -113,8 +113,26 @@ def search_state(results_dir: str | Path) -> dict | None:
     if not (results_dir / SEARCH_FILE).is_file() or not tune_files.has_state(results_dir):
         return None
     info = read_search_info(results_dir)
-    finished = sum(1 for t in _read_trials(results_dir) if t.status in tune_files.FINISHED)
-    return {"finished": finished, "num_samples": info["num_samples"], "unfinished": finished < info["num_samples"]}
+    trials = _read_trials(results_dir)
+    finished = sum(1 for t in trials if t.status in tune_files.FINISHED)
+    cap = info["num_samples"]  # None: as many as the time budget allowed
+    done = finished == len(trials) and (finished >= cap if cap else budget_spent(results_dir))
+    return {"finished": finished, "num_samples": cap, "unfinished": not done}
+
+
+BUDGET_FILE = "budget.json"  # written by search.budget.SpentRecorder as the search runs
+
+
+def budget_spent(results_dir: str | Path) -> bool:
+    """Whether the search in RESULTS_DIR ended because its time budget was spent."""
+    path = Path(results_dir) / BUDGET_FILE
+    return path.is_file() and bool(json.loads(path.read_text()).get("ended"))
+
+
+def describe_trials(state: dict) -> str:
+    """'3 of 8 trials finished', or '3 trials finished' for a search bounded by its time budget."""
+    cap = state["num_samples"]
+    return f"{state['finished']} of {cap} trials finished" if cap else f"{state['finished']} trials finished"
 
 
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
@@ -149,6 +167,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                 status=status, epochs_run=epochs, epochs_planned=planned,
                 **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
                 checkpoint=_checkpoint_of(df.loc[best_i], str(t.path), results_dir),
+                trial_seconds=float(df["time_total_s"].max()) if "time_total_s" in df else float("nan"),
                 **_footprint(df),
             )
         row["error"], row["error_file"] = (failed[1], failed[2]) if failed else ("", "")

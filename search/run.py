@@ -17,6 +17,7 @@ from search import remote_results, results_folder, resume_checkpoints
 from search import space as space_mod
 from search import study as study_mod
 from search import tuner as tuner_mod
+from search.duration import parse_duration, say
 from trainables import cache_budget, data, ray_internals, remote
 from trainables.context import CONTEXT_FILE, FOOTPRINTS_DIR, TRAIN_RUNS, TrialContext
 from trainables.params import TrialParams
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage", default="results",
                    help="where results go (default: results/): a folder, or a bucket (s3://bucket/results, gs://...) "
                         "on a cluster without a shared file system")
+    p.add_argument("--time", metavar="DURATION",
+                   help="the search's time budget, e.g. 10m, 90s, 1h30m (instead of search.time): trials start "
+                        "while they can reach their first rung in it; with --resume, the time the resumed search "
+                        "gets (default: what its budget has left)")
     p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
@@ -80,6 +85,11 @@ def _under(results: str, name: str) -> str:
 def prepare(args) -> tuple:
     """Validate the space and prepare the data. Raises SpaceError/DataError/ModelError, nothing started."""
     overrides = list(args.overrides) + ([f"data.source={json.dumps(args.data)}"] if args.data else [])
+    if args.time is not None:
+        try:
+            overrides.append(f"search.time={parse_duration(args.time)}")
+        except ValueError as e:
+            raise space_mod.SpaceError(f"--time: {e} (got {args.time!r})") from None
     spec = space_mod.load(args.space, overrides)
     _abs_storage(args.storage)
     name = args.name or spec.name or Path(args.space).stem
@@ -153,7 +163,7 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
         "knobs": [k for k, kb in spec.knobs.items() if kb.kind != "const"],
         "data_root": index.location, "split_file": _under(results or str(exp_dir), "split.csv"),
         "class_names": index.classes, "results": results or str(exp_dir),
-        "max_epochs": spec.max_epochs(), "num_samples": spec.search.num_samples,
+        "max_epochs": spec.max_epochs(), "num_samples": spec.search.max_trials, "time_s": spec.search.time,
         "study_storage": study_mod.storage_label(exp_dir, study_url),
         "distributions": {k: json.loads(distribution_to_json(d)) for k, d in study_mod.distributions(spec).items()},
         "scheduler": {"max_t": spec.max_epochs(), "grace_period": spec.search.scheduler.grace_period,
@@ -213,8 +223,8 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
     if state and not args.resume:
         hint = ("add --resume to continue it" if state["unfinished"]
                 else "pick another --name, or delete that folder")
-        raise space_mod.SpaceError(f"{results} already holds a search ({state['finished']} of "
-                                   f"{state['num_samples']} trials finished); {hint}")
+        raise space_mod.SpaceError(f"{results} already holds a search ({results_folder.describe_trials(state)}); "
+                                   f"{hint}")
     if args.resume and not state:
         raise space_mod.SpaceError(f"--resume: {results} holds no search to resume")
     if args.resume:
@@ -296,6 +306,8 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
     (Ctrl-C) before all its trials ran."""
     import ray
 
+    from search import budget
+
     exp_dir, state = checked
     results = results_location(args, name)
     # a resumed search keeps the inputs it started with: above all the same split
@@ -316,7 +328,7 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
     warm_cache(spec, context)
     asha = info["scheduler"]  # the search's own settings: a resumed search keeps those it started with
     print(f"Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-          f"{info['num_samples']} trials, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
+          f"{_trials_line(info)}, up to {n} at a time, each {tuner_mod.trial_demand(spec)}; "
           f"ASHA on epoch (max {asha['max_t']}, grace {asha['grace_period']}, "
           f"reduction {asha['reduction_factor']:g}); {_objective_line(info)}")
     print(f"results: {results}" + (f" (this machine's copy: {exp_dir})" if results != str(exp_dir) else ""),
@@ -325,6 +337,7 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
     if info.get("study_storage"):  # absent from an older results folder's search.json: no study to show
         print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
+    _start_budget(args, info, exp_dir)
     try:
         tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
     except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
@@ -335,15 +348,16 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
                       "the table below is this machine's copy's")
     table, csv_path = results_folder.write_trials_csv(exp_dir)
     finished = int((table["status"] != "unfinished").sum()) if not table.empty else 0
-    budget = spec.search.time_budget_s
-    interrupted = finished < info["num_samples"] and not (budget and elapsed >= 0.98 * budget)
+    cap = info["num_samples"]
+    all_ran = (cap is not None and finished >= cap) or budget.CLOCK.refused
+    interrupted = finished < len(table) or not all_ran
     if not interrupted:
         _close_study(args, exp_dir, info)
     if remote.is_uri(results):
         if _after_search(remote_results.push, exp_dir, results, [csv_path.name, study_mod.JOURNAL_FILE],
                          why=f"uploading trials.csv failed; it is in {exp_dir}"):
             csv_path = _under(results, csv_path.name)
-    print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted)
+    print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted, n)
     return table, interrupted
 
 
@@ -356,6 +370,35 @@ def _after_search(step, *args, why: str) -> bool:
     except remote.StorageError as e:
         print(f"warning: {why} ({e})", file=sys.stderr, flush=True)
         return False
+
+
+def _trials_line(info: dict) -> str:
+    """'8 trials', 'as many trials as fit in 5m00s', or both bounds, as the start line says them."""
+    cap, seconds = info["num_samples"], info.get("time_s")
+    if seconds is None:
+        return f"{cap} trials"
+    return (f"trials for {say(seconds)} (at most {cap})" if cap else
+            f"as many trials as fit in {say(seconds)}")
+
+
+def _start_budget(args, info: dict, exp_dir: Path) -> None:
+    """Start the time budget's clock: from the command's start; a resumed search gets what its
+    budget has left, or --time."""
+    from search import budget
+
+    if not args.resume:
+        budget.start(info.get("time_s"), args.started)
+        return
+    if args.time is not None:
+        budget.start(parse_duration(args.time))
+        print(f"time budget: {say(parse_duration(args.time))} for the resumed search (--time)", flush=True)
+        return
+    spent = budget.read_spent(exp_dir).get("spent_s", 0.0)
+    budget.start(info.get("time_s"), spent=spent)
+    if info.get("time_s"):
+        left = max(0.0, info["time_s"] - spent)
+        print(f"time budget: {say(left)} left of {say(info['time_s'])} (--time gives the resumed search another "
+              "budget)", flush=True)
 
 
 def _objective_line(info: dict) -> str:
@@ -412,7 +455,7 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
     from search.progress import ProgressPrinter
 
     if args.resume:
-        print(f"resuming: {state['finished']} of {state['num_samples']} trials finished; unfinished trials "
+        print(f"resuming: {results_folder.describe_trials(state)}; unfinished trials "
               "continue from their last checkpoint", flush=True)
         # trials keep the runtime and resources they started with (the saved context says so)
         if context.resources != tuner_mod.resources(spec):
@@ -424,7 +467,12 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
         for line in resume_checkpoints.reconcile(results, exp_dir):
             print(f"note: {line}", flush=True)
         return tuner_mod.restore(results, context)  # its callbacks come back with it
-    callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.num_samples), *_uploads(exp_dir, results)]
+    callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.asha_mode, spec.search.max_trials),
+                 *_uploads(exp_dir, results)]
+    if spec.search.time:
+        from search.budget import SpentRecorder
+
+        callbacks.append(SpentRecorder(exp_dir))
     if args.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -456,13 +504,27 @@ def _close_study(args, exp_dir: Path, info: dict) -> None:
         print(f"warning: could not close the study's unfinished trials: {type(e).__name__}: {e}")
 
 
+def time_line(table, elapsed: float, slots: int, time_s: float | None) -> str:
+    """How the time went: trials started, epochs trained, and the time the SLOTS trial slots
+    (trials at once) stood idle over the ELAPSED seconds of trials (starting and stopping
+    trials counts as idle)."""
+    epochs = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
+    busy = float(table["trial_seconds"].fillna(0).sum()) if "trial_seconds" in table else 0.0
+    idle = max(0.0, slots * elapsed - busy)
+    share = idle / (slots * elapsed) if elapsed > 0 else 0.0
+    return (f"time: {len(table)} trials started, {epochs} epochs trained in {say(elapsed)}"
+            + (f" of a {say(time_s)} budget" if time_s else "")
+            + f"; {slots} trial slot(s), idle {say(idle)} in all ({share:.0%})")
+
+
 def print_outcome(args, name: str, results: str, info: dict, table, csv_path, elapsed: float,
-                  finished: int, interrupted: bool) -> None:
+                  finished: int, interrupted: bool, slots: int) -> None:
     """The end of a search: counts, the top of the leaderboard, failures, next commands, and for
     an interrupted search the --resume command."""
     print(f"\nsearch {'interrupted' if interrupted else 'finished'} after {elapsed:.0f}s of trials, "
           f"{time.time() - args.started:.0f}s wall time in all: "
           + ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()))
+    print(time_line(table, elapsed, slots, info.get("time_s")))
     print(results_folder.format_board(results_folder.leaderboard(table, info), info, top=5))
     rejected = int((table["status"] == "rejected").sum()) if "status" in table else 0
     if rejected:
@@ -480,7 +542,8 @@ def print_outcome(args, name: str, results: str, info: dict, table, csv_path, el
           f"  next: python -m analysis.rank {results}\n        python -m analysis.retrain {results}\n"
           f"        python -m analysis.report {results}")
     if interrupted:
-        print(f"\n{finished} of {info['num_samples']} trials finished; continue the search with:\n"
+        print(f"\n{results_folder.describe_trials({'finished': finished, 'num_samples': info['num_samples']})}; "
+              "continue the search with:\n"
               f"  {resume_command(args, name)}", flush=True)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from search.duration import parse_duration
 from trainables import limits
 from trainables.params import KNOBS, TrialParams
 
@@ -27,6 +28,7 @@ METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "va
 # what a trial's model costs (trainables.footprint): objectives after the first, and constraints
 COSTS = {name: "min" for name in limits.COSTS}
 OBJECTIVES = {**METRICS, **COSTS}  # each with the direction it is optimised in
+DEFAULT_TRIALS = 8  # num_samples: auto without a time budget
 
 
 class SpaceError(ValueError):
@@ -94,14 +96,43 @@ class SearchSpec(_Strict):
                                "(ASHA stops trials on it), then costs of the model, e.g. [val_acc, latency_ms]")
     mode: Union[Mode, list[Mode], None] = None
     constraints: ConstraintsSpec = ConstraintsSpec()
-    num_samples: int = Field(8, ge=1)
+    num_samples: Optional[int] = Field(None, ge=1, description="trials at most; auto (the default): as many as "
+                                                              "search.time allows, or 8 without a time budget")
     max_concurrent_trials: Union[int, Literal["auto"]] = "auto"
-    time_budget_s: Optional[float] = Field(None, gt=0)
+    time: Optional[float] = Field(None, description="the search's time budget, e.g. 10m, 90s, 1h30m: trials start "
+                                                     "while they can reach their first rung in it, and stop at "
+                                                     "their first report after it")
     seed: int = 0
     startup_trials: Optional[int] = Field(None, ge=1, description="random trials before TPE takes over")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial, from its last checkpoint")
     scheduler: SchedulerSpec = SchedulerSpec()
     points_to_evaluate: list[dict[str, Any]] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_time_key(cls, data):
+        """`time_budget_s`, the budget's earlier name, is still read (as seconds)."""
+        if isinstance(data, dict) and "time_budget_s" in data:
+            if data.get("time") is not None and data["time_budget_s"] is not None:
+                raise ValueError("time and time_budget_s both set; give time (e.g. 10m) alone")
+            data = {**data, "time": data.get("time", data["time_budget_s"])}
+            del data["time_budget_s"]
+        return data
+
+    @field_validator("num_samples", mode="before")
+    @classmethod
+    def _auto_samples(cls, value):
+        return None if value == "auto" else value
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return None if value is None else parse_duration(value)
+
+    @property
+    def max_trials(self) -> int | None:
+        """Trials at most: num_samples; else none with a time budget (it decides), else 8."""
+        return self.num_samples or (None if self.time else DEFAULT_TRIALS)
 
     @field_validator("metric")
     @classmethod

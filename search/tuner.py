@@ -22,6 +22,8 @@ from trainables import ray_internals
 from trainables.context import Resources, TrialContext
 
 DRIVER_TOKEN = "trial_driver"
+AUTOSCALE_CAP = 64  # trials at once on a cluster still scaling up, when the time budget bounds the trials
+UNCAPPED_STARTUP = 5  # random trials before TPE, when the time budget bounds the trials
 
 
 def trial_demand(spec: SpaceFile) -> dict[str, float]:
@@ -41,9 +43,10 @@ def concurrency(spec: SpaceFile, cluster: dict[str, float], autoscaling: bool = 
     fits = [] if autoscaling else [math.floor(cluster.get(k, 0) / v + 1e-9) for k, v in trial_demand(spec).items()]
     if uses_ray_train(spec):
         fits.append(int(cluster.get(DRIVER_TOKEN, 0)))
-    n = min(fits) if fits else spec.search.num_samples
+    cap = spec.search.max_trials or AUTOSCALE_CAP
+    n = min(fits) if fits else cap
     wanted = spec.search.max_concurrent_trials
-    return max(1, min(n, spec.search.num_samples) if wanted == "auto" else wanted)
+    return max(1, min(n, cap) if wanted == "auto" else wanted)
 
 
 def trial_dirname(trial) -> str:
@@ -87,9 +90,11 @@ def searcher(spec: SpaceFile, name: str, study_storage=None):
     are over the space's constraints."""
     import optuna
 
+    from search import budget
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
-    startup = s.startup_trials or min(10, max(2, s.num_samples // 3))
+    startup = s.startup_trials or (min(10, max(2, s.max_trials // 3)) if s.max_trials else UNCAPPED_STARTUP)
     names, modes = zip(*s.objectives)
     return ray_internals.EpochOptunaSearch(
         YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}),
@@ -100,6 +105,7 @@ def searcher(spec: SpaceFile, name: str, study_storage=None):
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
         study_name=name,
         storage=study_storage,
+        may_start=budget.may_start_trial if s.time else None,
     )
 
 
@@ -107,6 +113,8 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
           callbacks=()):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
+    from search import budget
 
     s = spec.search
     scheduler = ASHAScheduler(
@@ -123,9 +131,8 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
             mode=s.asha_mode,
             search_alg=search_alg,
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=s.max_trials or -1,  # -1: until the searcher says the time budget is spent
             max_concurrent_trials=max_concurrent,
-            time_budget_s=s.time_budget_s,
             trial_dirname_creator=trial_dirname,
             reuse_actors=in_actor,
         ),
@@ -134,6 +141,7 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
             storage_path=storage,
             verbose=0,
             callbacks=list(callbacks),
+            stop=budget.BudgetStopper(s.scheduler.grace_period) if s.time else None,
             # a TorchTrainer trial retries inside Train (trainables.driver); not twice
             failure_config=tune.FailureConfig(max_failures=s.max_failures if in_actor else 0),
             checkpoint_config=tune.CheckpointConfig(

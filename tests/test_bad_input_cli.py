@@ -11,7 +11,7 @@ from trainables.params import KNOBS
 ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("search: {num_sample: 3}\n",
      "search.num_sample: unknown key; did you mean 'num_samples'? allowed: metric, mode, constraints, num_samples, "
-     "max_concurrent_trials, time_budget_s, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
+     "max_concurrent_trials, time, seed, startup_trials, max_failures, scheduler, points_to_evaluate"),
     ("space: {learning_rate: 0.1}\n",
      f"space.learning_rate: unknown knob; did you mean 'lr'? knobs: {', '.join(KNOBS)}"),
     ("search: {num_samples: many}\n",
@@ -56,7 +56,9 @@ ROWS = [  # (space file text, the exact message after "error: {file}: ")
     ("space: {model: resnet18, pretrained: /no/such.pth}\n",
      "space.pretrained: weights file '/no/such.pth' does not exist; pretrained is true, false or a weights file"),
     ("search: {num_samples: 0}\n", "search.num_samples: Input should be greater than or equal to 1 (got 0)"),
-    ("search: {time_budget_s: -5}\n", "search.time_budget_s: Input should be greater than 0 (got -5)"),
+    ("search: {time: -5}\n", "search.time: a time budget must be more than 0 seconds (got -5)"),
+    ("search: {time: 10 minutes}\n",
+     "search.time: expected a duration such as 10m, 90s, 1h30m or a number of seconds (got '10 minutes')"),
     ("space:\n  lr: [0.1\n",
      "YAML syntax error at line 2, column 7: while parsing a flow sequence expected ',' or ']', "
      "but got '<stream end>'"),

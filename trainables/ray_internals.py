@@ -173,11 +173,16 @@ def _epoch_optuna_search_class():
         PRUNED. In a multi-objective search (METRIC a list: a validation metric, then costs)
         the values told are the first objective's best and the model's costs; Optuna takes no
         intermediate values there. It uses OptunaSearch's private `_ot_trials`, `_ot_study` and
-        `_completed_trials`."""
+        `_completed_trials`.
 
-        def __init__(self, *args, limits: dict[str, float] | None = None, **kwargs):
+        MAY_START, when given, is asked before each new trial (a module-level function, pickled by
+        name with the searcher): False ends the search's trials (`Searcher.FINISHED`), as a time
+        budget does when a new trial could no longer reach its first rung."""
+
+        def __init__(self, *args, limits: dict[str, float] | None = None, may_start=None, **kwargs):
             super().__init__(*args, **kwargs)
             self._limits = dict(limits or {})
+            self._may_start = may_start
 
         def _reported(self, trial_id: str) -> dict[int, float]:
             """Epoch → value told to Optuna so far (kept in the searcher, so it survives a resume)."""
@@ -191,6 +196,8 @@ def _epoch_optuna_search_class():
             return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
         def suggest(self, trial_id: str) -> dict | None:
+            if getattr(self, "_may_start", None) is not None and not self._may_start():
+                return OptunaSearch.FINISHED
             config = super().suggest(trial_id)
             if trial_id in self._ot_trials:  # the dashboard's trial names the trial folder
                 self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
