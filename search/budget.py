@@ -23,7 +23,7 @@ from ray import tune
 
 from search.results_folder import BUDGET_FILE
 
-WRAP_UP_S = 8.0  # kept back at the end: trials.csv, the study closed, Ray shut down
+WRAP_UP_S = 5.0  # kept back at the end: trials.csv, the study closed, Ray shut down
 
 
 class _Clock:

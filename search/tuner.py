@@ -84,10 +84,11 @@ def restore(exp_dir, context: TrialContext):
                               resume_errored=False)
 
 
-def searcher(spec: SpaceFile, name: str, study_storage=None):
+def searcher(spec: SpaceFile, name: str, study_storage=None, sampler=None):
     """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs:
     single- or multi-objective (the study's directions are the space's modes), told which trials
-    are over the space's constraints."""
+    are over the space's constraints, and with a time budget asking it before each new trial.
+    SAMPLER replaces the seeded TPE (bench/anytime.py compares others)."""
     import optuna
 
     from search import budget
@@ -101,7 +102,7 @@ def searcher(spec: SpaceFile, name: str, study_storage=None):
         metric=list(names) if len(names) > 1 else names[0],
         mode=list(modes) if len(modes) > 1 else modes[0],
         limits=s.constraints.limits(),
-        sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup),
+        sampler=sampler or optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
         study_name=name,
         storage=study_storage,
@@ -110,7 +111,9 @@ def searcher(spec: SpaceFile, name: str, study_storage=None):
 
 
 def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name: str, max_concurrent: int,
-          callbacks=()):
+          callbacks=(), trial=None):
+    """The search's Tuner; TRIAL replaces the trial function with its resources (bench/anytime.py
+    replays recorded trials through the same searcher, scheduler and budget)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -123,9 +126,9 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
         grace_period=s.scheduler.grace_period,
         reduction_factor=s.scheduler.reduction_factor,
     )
-    in_actor = not context.resources.ray_train
+    in_actor = trial is not None or not context.resources.ray_train
     return tune.Tuner(
-        trainable(context),
+        trial or trainable(context),
         tune_config=tune.TuneConfig(
             metric=s.asha_metric,
             mode=s.asha_mode,
