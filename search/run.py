@@ -232,6 +232,9 @@ def check_results_dir(args, name: str) -> tuple[Path, dict | None]:
             results_folder.read_context(exp_dir)  # before Ray starts
         except results_folder.ResultsError as e:
             raise space_mod.SpaceError(f"--resume: {e}") from None
+        if args.time is not None and not results_folder.read_search_info(exp_dir).get("time_s"):
+            raise space_mod.SpaceError(f"--time: the search in {results} ran without a time budget; resume it "
+                                       "without --time (it runs its remaining trials)")
     return exp_dir, state
 
 
