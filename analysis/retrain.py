@@ -5,7 +5,8 @@ the best trial's own best checkpoint with four refits of its configuration on tr
 seeds, the trial's LR path replayed up to its best epoch): one refit alone is a lottery on
 small data, and averaging with the checkpoint keeps the final model from being worse than
 what the search already had; four refits, because with two it can still fall below the
-checkpoint (bench/final_model.py; figures in bench/README.md). `--final checkpoint` or
+checkpoint (bench/final_model.py; figures in bench/README.md). The refits train side by side as
+Ray tasks where two or more fit at once (analysis.refits). `--final checkpoint` or
 `--final refit` picks one of them instead. A search with constraints or with costs among its
 objectives hands back the checkpoint alone by default: an ensemble of five costs five times the
 latency the search measured and judged. The trial is the best feasible one, or with `--pick N`
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+# refit and refit_config: also here, where tests and benches have always imported them from
+from analysis.refits import Plan, estimate_line, plan, refit, refit_config, release, run_refits  # noqa: F401
 from search import remote_results, results_folder
 from trainables import remote
 
@@ -70,37 +73,14 @@ def trial_history(trial_dir: str | Path) -> pd.DataFrame:
     return h.drop_duplicates("epoch", keep="last").sort_values("epoch") if "epoch" in h else h
 
 
-def refit_config(config: dict, history: pd.DataFrame, epochs: int, seed_offset: int) -> tuple[dict, list | None]:
-    """The trial's configuration, refit: the same planned epochs (so cosine and the unfreezing
-    run as they did), another seed; and the trial's LRs of epochs 1 to EPOCHS, to replay."""
-    by_epoch = dict(zip(history["epoch"], history["lr"])) if {"epoch", "lr"} <= set(history) else {}
-    lrs = [float(by_epoch[e]) if e in by_epoch else None for e in range(1, epochs + 1)]  # None: the schedule's own
-    planned = max(int(config["epochs"]), epochs)  # --epochs beyond the trial's plan extends it
-    return {**config, "epochs": planned, "seed": int(config.get("seed", 0)) + seed_offset}, (lrs if by_epoch else None)
-
-
-def refit(config: dict, context, history: pd.DataFrame, epochs: int, seed_offset: int,
-          model_dir: Path) -> list[dict]:
-    """Train the refit on train+val into MODEL_DIR, stopped after EPOCHS; return its per-epoch reports."""
-    from trainables import checkpoint
-    from trainables.sessions import LocalSession
-    from trainables.train_loop import fit
-
-    session = LocalSession(checkpoint_dir=model_dir)
-    refit_params, lr_path = refit_config(config, history, epochs, seed_offset)
-    fit(refit_params, context, session, train_splits=("train", "val"), val_split=None, stop_after_epoch=epochs,
-        lr_path=lr_path)
-    (model_dir / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
-    return session.history
-
-
 def final_model(best: pd.Series, config: dict, context, history: pd.DataFrame, policy: str, refits: int, epochs: int,
-                out: Path):
+                out: Path, chosen: Plan | None = None):
     """The model analysis.retrain hands back, made by POLICY (fixed before the test split is read):
     - checkpoint: the best trial's own best checkpoint (trained on train, chosen on val);
     - refit: the configuration retrained on train+val, its LR path replayed, to the best epoch;
     - ensemble (default): the checkpoint and REFITS refits (other seeds), probabilities averaged.
-    HISTORY is the trial's reports (trial_history). Returns (model, meta, recipe, refit histories)."""
+    HISTORY is the trial's reports (trial_history); CHOSEN how the refits run (analysis.refits.plan;
+    default: one after another in this process). Returns (model, meta, recipe, refit histories)."""
     from trainables import checkpoint, inference
 
     members, recipe, curves = [], [], {}
@@ -112,19 +92,23 @@ def final_model(best: pd.Series, config: dict, context, history: pd.DataFrame, p
         members.append(model)
         recipe.append({"made_by": "the search", "trial_id": best["trial_id"], "epoch": int(meta.get("epoch", 0)),
                        "trained_on": "train", "checkpoint": str(best["checkpoint"])})
-    for k in range(1 if policy == "refit" else refits if policy == "ensemble" else 0):
-        offset = RESEED + k
-        print(f"refit {k + 1}: train+val, seed +{offset}, {epochs} epoch(s) of {config['epochs']} planned, the "
-              "trial's LR path replayed", flush=True)
-        curves[f"refit seed+{offset}"] = refit(config, context, history, epochs, offset,
-                                                     out / "refits" / str(k))
+    offsets = [RESEED + k for k in range(refits_made(policy, refits))]
+    done = run_refits(chosen or Plan(), config, context, history, epochs, offsets, out)
+    for k, (offset, result) in enumerate(zip(offsets, done)):
+        curves[f"refit seed+{offset}"] = result["reports"]
         model, meta = checkpoint.load(out / "refits" / str(k))
         members.append(model)
-        recipe.append({"made_by": "refit", "seed_offset": offset, "epochs": epochs, "trained_on": "train+val"})
+        recipe.append({"made_by": "refit", "seed_offset": offset, "epochs": epochs, "trained_on": "train+val",
+                       **{key: value for key, value in result.items() if key != "reports"}})  # where, when
     if len(members) > 1:
         model, meta = inference.Ensemble(members).eval(), {**meta, "ensemble": len(members)}
     meta = {**meta, "final": {"policy": policy, "members": recipe}}
     return model, meta, recipe, curves
+
+
+def refits_made(policy: str, refits: int) -> int:
+    """How many refits POLICY trains: one for refit, REFITS for the ensemble, none for the checkpoint."""
+    return 1 if policy == "refit" else refits if policy == "ensemble" else 0
 
 
 def default_policy(info: dict) -> str:
@@ -149,7 +133,12 @@ def picked(results_dir: Path, info: dict, pick: int | None, top: int, context) -
 
 
 def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path | None = None,
-            top: int = 1, policy: str | None = None, refits: int = 4, pick: int | None = None) -> dict:
+            top: int = 1, policy: str | None = None, refits: int = 4, pick: int | None = None,
+            address: str | None = None, serial: bool = False) -> dict:
+    """Make the final model of the search in RESULTS_DIR (see the module's docstring), test it once,
+    write OUT/test_metrics.json and return it. The refits run as Ray tasks where two or more fit
+    at once (a local Ray started here and shut down after, or the cluster at ADDRESS); SERIAL
+    keeps them in this process, one after another (analysis.refits)."""
     import torch
 
     from trainables import checkpoint, data, export, metrics
@@ -169,7 +158,14 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     print(f"final model for trial {best['trial_id']} ({policy}): "
           + " ".join(f"{k}={v}" for k, v in config.items()), flush=True)
     history = trial_history(best["trial_dir"])
-    model, meta, recipe, curves = final_model(best, config, context, history, policy, refits, epochs, out)
+    n_refits = refits_made(policy, refits)
+    chosen = plan(context, n_refits, address, serial) if n_refits else Plan()
+    try:
+        if n_refits:
+            print(estimate_line(history, context, epochs, n_refits, chosen), flush=True)
+        model, meta, recipe, curves = final_model(best, config, context, history, policy, refits, epochs, out, chosen)
+    finally:
+        release(chosen)
     checkpoint.save(model_dir, model, meta)
 
     # the test split: read here, once, after the model is fixed
@@ -230,6 +226,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="epochs to refit (default: the best trial's best epoch)")
     p.add_argument("--out", help="where the model and test result go (default: RESULTS_DIR/retrained, uploaded "
                    "to the bucket when RESULTS_DIR is a URI)")
+    p.add_argument("--address", help="run the refits on this Ray cluster (e.g. auto: the one `ray start` made here) "
+                   "instead of a local Ray started when two or more refits fit on this machine at once")
+    p.add_argument("--serial", action="store_true", help="train the refits one after another in this process, "
+                   "without Ray (what a machine that holds one refit at a time does anyway)")
     p.add_argument("--again", action="store_true", help="retrain and test again even if a test result exists")
     p.add_argument("--top", type=int, default=1, help="rerun the K best trials with another seed and retrain the "
                    "one best on both runs (default 1: the best trial)")
@@ -244,7 +244,11 @@ def main(argv=None) -> int:
         else:
             if args.pick is not None and args.top != 1:
                 raise results_folder.ResultsError("--pick and --top choose the trial two ways; give one")
-            report = retrain(results_dir, args.epochs, out, args.top, args.final, args.refits, args.pick)
+            if args.address and args.serial:
+                raise results_folder.ResultsError("--address and --serial: the refits run on the cluster or here; "
+                                                  "give one")
+            report = retrain(results_dir, args.epochs, out, args.top, args.final, args.refits, args.pick,
+                             args.address, args.serial)
         if uri and not args.out:
             remote_results.push(results_dir, uri, [out.name])
     except (results_folder.ResultsError, remote.StorageError) as e:

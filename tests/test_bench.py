@@ -20,7 +20,9 @@ from tests.conftest import ROOT
     ("footprint.py", r"goal<=0\.02"),
 ])  # left out: bench/warm_start.py --quick (two searches, a minute; tests/test_live_study.py warm-starts) and
 # bench/constraints.py --quick (a search; tests/test_deployment.py runs a constrained one) and
-# bench/object_storage.py (three searches and an S3 server; tests/test_multinode.py searches a bucket)
+# bench/object_storage.py (three searches and an S3 server; tests/test_multinode.py searches a bucket) and
+# bench/retrain_parallel.py --quick (a search and two retrains, over a minute; tests/test_retrain_parallel.py
+# runs both of its paths)
 def test_quick_run_prints_its_ratio_last(script, goal, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
