@@ -172,3 +172,14 @@ def search_cli(args: list[str], timeout: float, **kwargs) -> subprocess.Complete
         kill_group(proc.pid)
         proc.wait(timeout=30)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def require_extra(module: str):
+    """Import MODULE of an optional extra (`pip install -e ".[onnx]"`): skipped where it is missing,
+    but in CI (HPO_TEST_REQUIRE_EXTRAS=1, set by .ci/run, which installs the README's extras) a
+    missing extra fails the test, as a missing browser does."""
+    import importlib
+
+    if os.environ.get("HPO_TEST_REQUIRE_EXTRAS"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from search import results_folder, run
-from tests.conftest import write_space
+from tests.conftest import require_extra, write_space
 
 SPACE = """
 name: failing
@@ -83,8 +82,7 @@ def test_when_every_trial_fails_the_command_exits_nonzero_with_the_reason(ray_cl
 
 
 def test_mlflow_logs_each_trial(ray_cluster, tmp_path):
-    pytest.importorskip("mlflow")  # an optional extra: pip install -e ".[mlflow]"
-    import mlflow
+    mlflow = require_extra("mlflow")  # an optional extra: pip install -e ".[mlflow]"
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a local store; MLflow 3 retired plain ./mlruns folders
     space_file = write_space(tmp_path / "ml.yaml", (

@@ -1,11 +1,10 @@
 """A trained model predicts new images from the command line, and its exported program agrees."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from analysis import predict
-from tests.conftest import trial_context
+from tests.conftest import require_extra, trial_context
 from tests.test_train_loop import config_for
 from trainables import checkpoint, data, export, preprocess, sessions, train_loop
 
@@ -58,7 +57,7 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
 
 def test_onnx_export_when_installed(folder, tmp_path):
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        pytest.importorskip(module)  # optional: pip install -e ".[onnx]"
+        require_extra(module)  # optional: pip install -e ".[onnx]"
     model, meta = checkpoint.load(trained_model(folder, tmp_path))
     x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
     assert export.export_onnx(model, meta, tmp_path / "model", x) < 1e-3
