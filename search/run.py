@@ -385,7 +385,7 @@ def _trials_line(info: dict) -> str:
 
 
 def _start_budget(args, info: dict, exp_dir: Path) -> None:
-    """Start the time budget's clock: from the command's start; a resumed search gets what its
+    """Start the time budget's clock from the command's start; a resumed search gets what its
     budget has left, or --time."""
     from search import budget
 
@@ -393,11 +393,11 @@ def _start_budget(args, info: dict, exp_dir: Path) -> None:
         budget.start(info.get("time_s"), args.started)
         return
     if args.time is not None:
-        budget.start(parse_duration(args.time))
+        budget.start(parse_duration(args.time), args.started)
         print(f"time budget: {say(parse_duration(args.time))} for the resumed search (--time)", flush=True)
         return
     spent = budget.read_spent(exp_dir).get("spent_s", 0.0)
-    budget.start(info.get("time_s"), spent=spent)
+    budget.start(info.get("time_s"), args.started, spent=spent)
     if info.get("time_s"):
         left = max(0.0, info["time_s"] - spent)
         print(f"time budget: {say(left)} left of {say(info['time_s'])} (--time gives the resumed search another "

@@ -151,13 +151,30 @@ def _with_descendants(pids: list[int]) -> list[int]:
     return found
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL every live process of a process group, and their descendants, by PID."""
-    for pid in _with_descendants(group_pids(pgid)):
+def kill_group(pgid: int, wait_s: float = 0) -> None:
+    """SIGKILL every live process of a process group, and their descendants, by PID; with WAIT_S,
+    return only once each is dead (a killed Ray worker that still writes a checkpoint for a
+    moment would race what the test does next), failing after WAIT_S seconds."""
+    import time
+
+    killed = _with_descendants(group_pids(pgid))
+    for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.time() + wait_s
+    while wait_s and [p for p in killed if _alive(p)]:
+        assert time.time() < deadline, f"still alive after SIGKILL: {[p for p in killed if _alive(p)]}"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether PID runs (a zombie, dead and waiting to be reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def search_cli(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:

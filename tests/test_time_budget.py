@@ -95,3 +95,50 @@ def test_no_results_folder_is_committed():
         pytest.skip("not a git checkout")
     tracked = [p for p in listed.stdout.splitlines() if p.endswith("search.json") and not p.startswith("tests/")]
     assert tracked == []
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_budgeted_search_resumes_with_what_its_budget_has_left(tmp_path):
+    """SIGKILL the driver once a trial finished; --resume gets the budget minus what was spent
+    (recorded every 5 s, so at most 5 s more), says so, and ends the search on its budget."""
+    import sys
+
+    from search import tune_files
+    from tests.conftest import kill_group
+
+    budget = 90
+    storage, name = tmp_path / "res", "kb"
+    exp = storage / name
+    args = [SMOKE, "--storage", str(storage), "--name", name, "--time", f"{budget}s",
+            "--set", "search.num_samples=auto", "--set", "search.max_concurrent_trials=2",
+            "--set", "space.epochs=20", "--set", "search.scheduler.max_t=20", "--set", "search.points_to_evaluate=[]"]
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def finished_one() -> bool:
+        try:
+            return any(t.status == "TERMINATED" for t in tune_files.read_trials(exp))
+        except Exception:  # no snapshot yet, or one being written
+            return False
+
+    try:  # the budget holds the search open for 90 s; a 20-epoch trial of this tiny CNN takes seconds
+        while proc.poll() is None and not (finished_one() and (exp / "budget.json").is_file()):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before it could be killed:\n" + open(log.name).read()
+    finally:
+        kill_group(proc.pid, wait_s=30)
+        proc.wait(timeout=60)
+    spent = json.loads((exp / "budget.json").read_text())["spent_s"]
+    assert 0 < spent < budget
+
+    started = time.time()
+    i = args.index("--time")  # resumed as the printed --resume command says: with the budget left
+    resumed = search_cli(args[:i] + args[i + 2:] + ["--resume"], timeout=300)
+    wall = time.time() - started
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    left = budget - spent
+    assert f"time budget: {say(left)} left of 1m30s" in resumed.stdout, resumed.stdout[:3000]
+    assert wall <= left + 5 + max(_epoch_seconds(exp)), (wall, left, resumed.stdout[-2000:])
+    assert json.loads((exp / "budget.json").read_text())["ended"] is True
+    assert "search finished" in resumed.stdout
