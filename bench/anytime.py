@@ -12,6 +12,8 @@ Arms, all at 2 trials at once, each run with a seed:
 - `default`: the project's own search (`search.tuner.searcher`: seeded TPE, define-by-run,
   `points_to_evaluate` of the space; ASHA as the space says; the time budget, `search.budget`),
   run once per budget, since it plans by its budget;
+- `default-start`: the same without the space's `points_to_evaluate` (its known-good first
+  trial, which the other arms do not get): what the search does on its own;
 - `default+mv`: the same with TPE's `multivariate`, `group` and `constant_liar` (a candidate);
 - `random+fifo`: random search, every trial to the last epoch;
 - `tpe+fifo`: the project's TPE, every trial to the last epoch;
@@ -53,8 +55,8 @@ GOAL = 0.5
 CONCURRENT = 2
 TOP_K = 2
 BASELINES = ("random+fifo", "tpe+fifo", "ray-recipe", "optuna+sha", "top-k")
-ARMS = ("default", "default+mv", *BASELINES)
-PLANS_BY_BUDGET = ("default", "default+mv", "top-k")
+ARMS = ("default", "default-start", "default+mv", *BASELINES)
+PLANS_BY_BUDGET = ("default", "default-start", "default+mv", "top-k")
 
 
 def replay_space(folder: Path):
@@ -166,15 +168,17 @@ def _tune_run(table, compression, seed, arm, budget_s, storage, searcher, schedu
     return arrivals
 
 
-def run_default(spec, table, compression, seed, budget_s, storage, multivariate=False) -> list:
-    """The project's own search, its Tuner built by search.tuner.build, the trials replayed."""
+def run_default(spec, table, compression, seed, budget_s, storage, multivariate=False, first_points=True) -> list:
+    """The project's own search, its Tuner built by search.tuner.build, the trials replayed;
+    FIRST_POINTS False leaves out the space's points_to_evaluate."""
     import optuna
     from ray import tune
 
     from search import budget
     from search import tuner as tuner_mod
 
-    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"seed": seed, "time": budget_s})})
+    update = {"seed": seed, "time": budget_s, **({} if first_points else {"points_to_evaluate": []})}
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update=update)})
     sampler = None
     if multivariate:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tuner_mod.UNCAPPED_STARTUP,
@@ -289,8 +293,9 @@ def _run_job(job: tuple) -> tuple:
     table = _TABLE.setdefault(str(table_path), read_table(Path(table_path)))
     with tempfile.TemporaryDirectory() as tmp:
         spec = replay_space(Path(tmp))
-        if arm in ("default", "default+mv"):
-            points = run_default(spec, table, compression, seed, budget_s, Path(tmp), multivariate=arm != "default")
+        if arm.startswith("default"):
+            points = run_default(spec, table, compression, seed, budget_s, Path(tmp), multivariate=arm == "default+mv",
+                                 first_points=arm != "default-start")
         elif arm == "optuna+sha":
             points = run_optuna_sha(spec, table, compression, seed, budget_s)
         elif arm == "top-k":
@@ -389,6 +394,8 @@ def main(argv=None) -> int:
     ap.add_argument("--table", type=Path, default=REPO / "bench" / "anytime_table.csv")
     ap.add_argument("--png", type=Path, default=REPO / "bench" / "anytime.png")
     ap.add_argument("--save", type=Path, help="also write every run's reports (time, val) to this JSON file")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[], help="runs saved (--save) by earlier invocations "
+                    "with the same table, budgets and compression, summarised with this one's")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.budgets, args.compression = 2, [2, 5], 60
@@ -425,6 +432,10 @@ def main(argv=None) -> int:
         pool.join()
     finally:
         ray.shutdown()
+    for path in args.merge:
+        for arm, seed, b, points in json.loads(path.read_text()):
+            runs[(arm, seed, b)] = [tuple(p) for p in points]
+    arms = [a for a in ARMS if any(name[0] == a for name in runs)]
     empty = [name for name, points in runs.items() if not points]
     if empty:
         print(f"error: {len(empty)} searches reported nothing, e.g. {empty[0]}; their trials failed",
@@ -432,11 +443,11 @@ def main(argv=None) -> int:
         return 1
     if args.save:
         args.save.write_text(json.dumps([[*k, v] for k, v in runs.items()]))
-    medians = summary(runs, args.arms, budgets, best)
-    plot(runs, args.arms, budgets, best, args.png)
+    medians = summary(runs, arms, budgets, best)
+    plot(runs, arms, budgets, best, args.png)
     print(f"curves: {args.png}")
     mid = len(budgets) // 2
-    base = [a for a in args.arms if a in BASELINES]
+    base = [a for a in arms if a in BASELINES]
     if "default" not in medians or not base:
         return 0
     best_base = min(medians[a][mid] for a in base)
