@@ -38,7 +38,8 @@ def reconcile(results: str, local: Path) -> list[str]:
                               if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
             newer = [c for c in existing if c > name]
             if name not in existing and newer:
-                f.create_dir(f"{folder}/{name}")  # a local file system copies into a folder that exists
+                if f.type_name == "local":  # it copies into a folder that exists (a bucket has no folders)
+                    f.create_dir(f"{folder}/{name}")
                 pafs.copy_files(f"{folder}/{newer[-1]}", f"{folder}/{name}", source_filesystem=f,
                                 destination_filesystem=f)
                 said.append(f"{trial}: the checkpoint Tune last saved, {name}, was removed after; it continues "
