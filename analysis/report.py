@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from search import remote_results, results_folder
+from search.duration import say
 from trainables import remote
 from trainables.limits import COSTS
 
@@ -357,7 +358,7 @@ def _planned(info: dict, started: int) -> str:
     """'5 trials of 8 planned', or with a time budget '23 trials in a 5-minute budget'."""
     if info.get("time_s"):
         cap = f" (at most {info['num_samples']})" if info.get("num_samples") else ""
-        return f"{started} trials in a {info['time_s'] / 60:g}-minute time budget{cap}"
+        return f"{started} trials in a {say(info['time_s'])} time budget{cap}"
     return f"{started} trials of {info['num_samples']} planned"
 
 

@@ -1,13 +1,14 @@
 """The recorded table `bench/anytime.py` replays: learning curves of a discretised default space.
 
-Every configuration of `GRID` (the default space, `spaces/finetune.yaml`, with its learning rate
-on a grid of four values) is trained once with the project's own `fit`, on the embedded data
-and the default split, to the space's last epoch, in this process's session. Each epoch's row
-holds the configuration, the epoch, its val_acc and val_loss, and the CPU seconds the epoch
-took in the training process (the first epoch includes building the model and measuring its
-footprint, as a trial's does). CPU seconds, not wall seconds: a trial holds one core, trains on
-one torch thread here, and CPU time on one thread does not grow when the shared machine is
-busy, so the table is the same whatever else ran beside the recording.
+Every configuration of `grid()` (the default space, `spaces/finetune.yaml`, its learning rate on
+a grid of three values and its batch sizes 64 and 128) is trained once with the project's own
+`fit`, on the embedded data and the default split, to the space's last epoch, in this
+process's session. Each epoch's row holds the configuration, the epoch, its val_acc and
+val_loss, and the CPU seconds the epoch took in the training process (the first epoch includes
+building the model and measuring its footprint, as a trial's does). CPU seconds, not wall
+seconds: a trial holds one core, trains on one torch thread here, and CPU time on one thread
+grows little when the shared machine is busy, so the table is about the same whatever else ran
+beside the recording.
 
     python bench/anytime_table.py              # records bench/anytime_table.csv (about an hour, 2 cores)
     python bench/anytime_table.py --jobs 1     # one configuration at a time

@@ -5,7 +5,9 @@ starts a new trial only while that trial can still reach its first ASHA rung bef
 deadline (estimated from the first rungs of the trials before it), so no trial is started to
 be thrown away. At the deadline each running trial stops at its next report, so the search
 ends no later than one epoch of its slowest running trial past the budget, and the epochs in
-flight are not lost. A few seconds are kept back for writing the results and stopping Ray.
+flight are not lost. (A trial already suggested but waiting for a free slot, as on a cluster
+still adding nodes, runs its first epoch when it gets one.) A few seconds are kept back for
+writing the results and stopping Ray.
 
 The deadline lives in this module, in the driver process: the searcher (may it start a trial?),
 the stopper (must this trial stop?) and the progress line read it. Tune pickles the stopper
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,9 +40,9 @@ class _Clock:
         self.first_rungs: list[float] = []
         self.refused = False  # the searcher was told to start no more trials
 
-    def start(self, seconds: float | None, started: float, spent: float = 0.0) -> None:
+    def start(self, seconds: float | None, started: float, spent: float = 0.0, refused: bool = False) -> None:
         self.seconds, self.started, self.spent_before = seconds, started, spent
-        self.first_rungs, self.refused = [], False
+        self.first_rungs, self.refused = [], refused
         self.deadline = None if seconds is None else started + seconds - spent - WRAP_UP_S
 
     def spent(self) -> float:
@@ -64,10 +67,11 @@ class _Clock:
 CLOCK = _Clock()
 
 
-def start(seconds: float | None, started: float | None = None, spent: float = 0.0) -> None:
+def start(seconds: float | None, started: float | None = None, spent: float = 0.0, refused: bool = False) -> None:
     """Start this process's budget of SECONDS (None: no budget), counted from STARTED, SPENT of
-    it already spent (a resumed search)."""
-    CLOCK.start(seconds, time.time() if started is None else started, spent)
+    it already spent and, REFUSED, its searcher already told to start no more trials (a resumed
+    search: Tune restores that searcher finished)."""
+    CLOCK.start(seconds, time.time() if started is None else started, spent, refused)
 
 
 def may_start_trial() -> bool:
@@ -92,19 +96,13 @@ class BudgetStopper(tune.Stopper):
         return False  # never mid-epoch: each trial stops at its own next report
 
 
-def read_spent(results_dir: str | Path) -> dict:
-    """What the search in RESULTS_DIR has spent of its budget ({} when it has no record)."""
-    path = Path(results_dir) / BUDGET_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 class SpentRecorder(tune.Callback):
     """Writes what the search has spent of its budget into its results folder as it runs (at
     most every EVERY_S seconds, and at the end), for `--resume` after a crash or a kill."""
 
     def __init__(self, results_dir: str | Path, every_s: float = 5.0):
         self.results_dir, self.every_s = str(results_dir), every_s
-        self.last = 0.0
+        self.last, self.warned = 0.0, False
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.time() - self.last >= self.every_s:
@@ -115,8 +113,14 @@ class SpentRecorder(tune.Callback):
 
     def write(self, ended: bool = False) -> None:
         self.last = time.time()
-        record = {"time_s": CLOCK.seconds, "spent_s": round(CLOCK.spent(), 1), "ended": ended}
+        record = {"time_s": CLOCK.seconds, "spent_s": round(CLOCK.spent(), 1), "refused": CLOCK.refused,
+                  "ended": ended}
         path = Path(self.results_dir) / BUDGET_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+        except OSError as e:  # e.g. resumed where this machine's copy of the results is elsewhere
+            if not getattr(self, "warned", False):
+                self.warned = True
+                print(f"warning: could not record the time spent in {path}: {e}", file=sys.stderr, flush=True)

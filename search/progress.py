@@ -24,7 +24,7 @@ def knobs_of(config: dict) -> str:
 
 class ProgressPrinter(Callback):
     """Each line starts with the time since the trials began, with a time budget the time it has
-    left, and the best value of METRIC reported so far: `[  63s, 3m50s left, best 0.9513]`."""
+    left, and the best value of METRIC reported so far: `[    63s, 3m50s left, best 0.9513]`."""
 
     def __init__(self, metric: str, mode: str, num_samples: int | None):
         self.metric, self.mode = metric, mode
@@ -48,7 +48,8 @@ class ProgressPrinter(Callback):
     def _saw(self, value) -> None:
         if isinstance(value, (int, float)) and math.isfinite(value):
             best = getattr(self, "best", None)  # a printer pickled before `best`: none yet
-            self.best = value if best is None else max(best, value) if self.mode == "max" else min(best, value)
+            mode = getattr(self, "mode", "max")  # a printer pickled before `mode`
+            self.best = value if best is None else max(best, value) if mode == "max" else min(best, value)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")

@@ -116,17 +116,18 @@ def search_state(results_dir: str | Path) -> dict | None:
     trials = _read_trials(results_dir)
     finished = sum(1 for t in trials if t.status in tune_files.FINISHED)
     cap = info["num_samples"]  # None: as many as the time budget allowed
-    done = finished == len(trials) and (finished >= cap if cap else budget_spent(results_dir))
+    done = finished == len(trials) and ((cap is not None and finished >= cap) or read_budget(results_dir).get("ended"))
     return {"finished": finished, "num_samples": cap, "unfinished": not done}
 
 
 BUDGET_FILE = "budget.json"  # written by search.budget.SpentRecorder as the search runs
 
 
-def budget_spent(results_dir: str | Path) -> bool:
-    """Whether the search in RESULTS_DIR ended because its time budget was spent."""
+def read_budget(results_dir: str | Path) -> dict:
+    """What the search in RESULTS_DIR recorded of its time budget ({} without one): `time_s`, the
+    budget; `spent_s`; `refused`, no more trials were to start; `ended`, the budget ended the search."""
     path = Path(results_dir) / BUDGET_FILE
-    return path.is_file() and bool(json.loads(path.read_text()).get("ended"))
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def describe_trials(state: dict) -> str:

@@ -357,7 +357,8 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
     if not interrupted:
         _close_study(args, exp_dir, info)
     if remote.is_uri(results):
-        if _after_search(remote_results.push, exp_dir, results, [csv_path.name, study_mod.JOURNAL_FILE],
+        if _after_search(remote_results.push, exp_dir, results,
+                         [csv_path.name, study_mod.JOURNAL_FILE, *budget_file(exp_dir)],
                          why=f"uploading trials.csv failed; it is in {exp_dir}"):
             csv_path = _under(results, csv_path.name)
     print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted, n)
@@ -392,16 +393,20 @@ def _start_budget(args, info: dict, exp_dir: Path) -> None:
     if not args.resume:
         budget.start(info.get("time_s"), args.started)
         return
+    record = results_folder.read_budget(exp_dir)  # the budget in force when it stopped (a --time of an earlier resume)
+    refused = bool(record.get("refused"))  # Tune restores its searcher finished: no new trials start
     if args.time is not None:
-        budget.start(parse_duration(args.time), args.started)
-        print(f"time budget: {say(parse_duration(args.time))} for the resumed search (--time)", flush=True)
+        seconds = parse_duration(args.time)
+        budget.start(seconds, args.started, refused=refused)
+        print(f"time budget: {say(seconds)} for the resumed search (--time)"
+              + ("; it had stopped starting trials, so only its unfinished trials go on" if refused else ""),
+              flush=True)
         return
-    spent = budget.read_spent(exp_dir).get("spent_s", 0.0)
-    budget.start(info.get("time_s"), args.started, spent=spent)
-    if info.get("time_s"):
-        left = max(0.0, info["time_s"] - spent)
-        print(f"time budget: {say(left)} left of {say(info['time_s'])} (--time gives the resumed search another "
-              "budget)", flush=True)
+    seconds, spent = record.get("time_s", info.get("time_s")), record.get("spent_s", 0.0)
+    budget.start(seconds, args.started, spent=spent, refused=refused)
+    if seconds:
+        print(f"time budget: {say(max(0.0, seconds - spent))} left of {say(seconds)} (--time gives the resumed "
+              "search a new budget)", flush=True)
 
 
 def _objective_line(info: dict) -> str:
@@ -472,10 +477,10 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
         return tuner_mod.restore(results, context)  # its callbacks come back with it
     callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.asha_mode, spec.search.max_trials),
                  *_uploads(exp_dir, results)]
-    if spec.search.time:
+    if spec.search.time:  # before the uploads: its first record is there to upload
         from search.budget import SpentRecorder
 
-        callbacks.append(SpentRecorder(exp_dir))
+        callbacks.insert(1, SpentRecorder(exp_dir))
     if args.mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -486,6 +491,12 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
     return tuner_mod.build(spec, context, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
 
 
+def budget_file(exp_dir: Path) -> list[str]:
+    """[budget.json] for a search with a time budget (uploaded with the journal: --resume reads it)."""
+    info = results_folder.read_search_info(exp_dir)
+    return [results_folder.BUDGET_FILE] if info.get("time_s") else []
+
+
 def _uploads(exp_dir: Path, results: str) -> list:
     """For results in a bucket: a callback that uploads the study's journal as the search runs,
     so that --resume on another machine finds the sampler's history."""
@@ -493,7 +504,7 @@ def _uploads(exp_dir: Path, results: str) -> list:
         return []
     from search.progress import Uploader
 
-    return [Uploader(exp_dir, results, [study_mod.JOURNAL_FILE])]
+    return [Uploader(exp_dir, results, [study_mod.JOURNAL_FILE, *budget_file(exp_dir)])]
 
 
 def _close_study(args, exp_dir: Path, info: dict) -> None:

@@ -111,12 +111,12 @@ class SearchSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _old_time_key(cls, data):
-        """`time_budget_s`, the budget's earlier name, is still read (as seconds)."""
+        """`time_budget_s`, the budget's earlier name, is still read (as seconds; null: no budget,
+        as `--set search.time_budget_s=null` always said)."""
         if isinstance(data, dict) and "time_budget_s" in data:
             if data.get("time") is not None and data["time_budget_s"] is not None:
                 raise ValueError("time and time_budget_s both set; give time (e.g. 10m) alone")
-            data = {**data, "time": data.get("time", data["time_budget_s"])}
-            del data["time_budget_s"]
+            data = {k: v for k, v in data.items() if k != "time_budget_s"} | {"time": data["time_budget_s"]}
         return data
 
     @field_validator("num_samples", mode="before")

@@ -101,10 +101,7 @@ def two_nodes(tmp_path, bucket):
         yield f"127.0.0.1:{gcs}", groups, ray_tmp, envs
     finally:
         for g in groups:
-            kill_group(g)
-        deadline = time.time() + 15  # SIGKILLed processes on a busy machine take a moment to go
-        while any(group_pids(g) for g in groups) and time.time() < deadline:
-            time.sleep(0.2)
+            kill_group(g, wait_s=15)  # SIGKILLed processes on a busy machine take a moment to go
         assert not any(group_pids(g) for g in groups)  # every process the test started is gone
         shutil.rmtree(ray_tmp, ignore_errors=True)
 

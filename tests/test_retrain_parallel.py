@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -146,10 +145,7 @@ def two_nodes():
         yield f"127.0.0.1:{gcs}", groups, env
     finally:
         for g in groups:
-            kill_group(g)
-        deadline = time.time() + 15  # SIGKILLed processes on a busy machine take a moment to go
-        while any(group_pids(g) for g in groups) and time.time() < deadline:
-            time.sleep(0.2)
+            kill_group(g, wait_s=15)  # SIGKILLed processes on a busy machine take a moment to go
         assert not any(group_pids(g) for g in groups)
 
 

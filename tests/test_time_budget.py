@@ -79,6 +79,8 @@ def test_num_samples_auto_without_a_budget_is_the_old_default(tmp_path):
     assert (s.time, s.max_trials) == (120, 5)  # num_samples, when set, is an upper bound
     p.write_text("search: {time_budget_s: 840}\nspace: {model: cnn}\n")  # the earlier name still reads
     assert space_mod.load(p).search.time == 840
+    p.write_text("search: {time: 5m, time_budget_s: null}\nspace: {model: cnn}\n")  # null: no budget, as it said
+    assert space_mod.load(p).search.time is None
 
 
 def test_a_bad_time_flag_is_one_line_before_ray_starts(tmp_path):
