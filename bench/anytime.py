@@ -368,7 +368,8 @@ def plot(runs: dict, arms, budgets, best: float, out: Path) -> None:
         if arm in PLANS_BY_BUDGET:
             xs = [b / 60 for b in budgets]
             ys = [statistics.median(regrets(runs, arm, b, best)) for b in budgets]
-            ax.plot(xs, ys, marker="o", lw=2.2 if arm == "default" else 1.4, label=f"{arm} (a run per budget)")
+            ax.plot(xs, ys, marker="o", lw=2.6 if arm == "default" else 1.4, ls="--" if arm == "default+mv" else "-",
+                    zorder=3 if arm == "default+mv" else 2, label=f"{arm} (a run per budget)")
         else:
             grid = [max(budgets) * i / 60 for i in range(1, 61)]
             ys = [statistics.median(regrets(runs, arm, t, best)) for t in grid]
