@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _abs_storage(storage: str) -> str:
     """A URI as it is (its bucket named); a folder absolute, because trials run in Ray's own
     working directories."""
+    if re.match(r"^[a-z][a-z0-9+.-]*:/(?!/)", storage):  # s3:/bucket: a URI with one slash, not a folder 's3:'
+        raise space_mod.SpaceError(f"--storage {storage}: a URI takes two slashes, e.g. s3://BUCKET/PREFIX")
     if remote.is_uri(storage):
         try:  # a URI pyarrow cannot open (or one naming no bucket) is refused here, before anything runs
             remote.split(storage)

@@ -53,6 +53,14 @@ def test_a_missing_prefix_is_one_line(s3, tmp_path):
     assert _error_line(run) == "error: --storage s3://: no bucket named; give s3://BUCKET/PREFIX"
 
 
+@pytest.mark.timeout(120)
+def test_a_uri_with_one_slash_is_one_line_not_a_folder():
+    """`s3:/bucket` once wrote results into a local folder named `s3:`."""
+    run = search_cli([SMOKE, "--storage", "s3:/hpo/results", *FAST], timeout=100)
+    assert _error_line(run) == "error: --storage s3:/hpo/results: a URI takes two slashes, e.g. s3://BUCKET/PREFIX"
+    assert not (ROOT / "s3:").exists()
+
+
 def test_no_credentials_is_one_line(s3, tmp_path):
     env = {k: v for k, v in s3["env"].items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     run = search_cli([SMOKE, "--data", "s3://hpo/images/", "--storage", str(tmp_path), *FAST],
