@@ -100,6 +100,12 @@ def replay_trial(config: dict, table: dict, compression: float, from_epoch: int 
                      "val_loss": row["val_loss"]})
 
 
+def _replayed(table: dict, compression: float, from_epoch: int = 1):
+    """The replayed trial as Tune runs it: one CPU, the table through `tune.with_parameters`."""
+    return tune.with_resources(tune.with_parameters(replay_trial, table=table, compression=compression,
+                                                    from_epoch=from_epoch), {"CPU": 1})
+
+
 class Arrivals:
     """(simulated seconds since the start, val_acc) of every report, in order. The clock starts
     when the first trial starts (`begin`): the seconds Ray takes to start a search's first
@@ -155,8 +161,7 @@ def _tune_run(table, compression, seed, arm, budget_s, storage, searcher, schedu
               param_space=None, from_epoch=1) -> Arrivals:
     """A baseline's Tune run over the replayed table, for BUDGET_S simulated seconds."""
     arrivals = Arrivals(compression, budget_s)
-    trial = tune.with_resources(tune.with_parameters(replay_trial, table=table, compression=compression,
-                                                     from_epoch=from_epoch), {"CPU": 1})
+    trial = _replayed(table, compression, from_epoch)
     tuner = tune.Tuner(
         trial, param_space=param_space,
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=searcher, scheduler=scheduler,
@@ -172,7 +177,6 @@ def run_default(spec, table, compression, seed, budget_s, storage, multivariate=
     """The project's own search, its Tuner built by search.tuner.build, the trials replayed;
     FIRST_POINTS False leaves out the space's points_to_evaluate."""
     import optuna
-    from ray import tune
 
     from search import budget
     from search import tuner as tuner_mod
@@ -188,8 +192,7 @@ def run_default(spec, table, compression, seed, budget_s, storage, multivariate=
     arrivals = Arrivals(compression, budget_s, on_begin=lambda: budget.start(budget_s / compression
                                                                             + budget.WRAP_UP_S))
     budget.start(None)
-    trial = tune.with_resources(tune.with_parameters(replay_trial, table=table, compression=compression),
-                                {"CPU": 1})
+    trial = _replayed(table, compression)
     tuner = tuner_mod.build(spec, None, searcher, str(storage), f"default-{seed}-{int(budget_s)}-{multivariate}",
                             CONCURRENT, callbacks=[Record(arrivals)], trial=trial)
     tuner.fit()
@@ -202,10 +205,9 @@ def run_baseline(arm, spec, table, compression, seed, budget_s, storage) -> list
     from ray.tune.search.optuna import OptunaSearch
 
     from search import tuner as tuner_mod
-    from search.optuna_space import YamlSpace
     from trainables.ray_internals import EpochOptunaSearch
 
-    space = YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()})
+    space = tuner_mod.yaml_space(spec)
     if arm == "ray-recipe":  # as Ray's docs show it: OptunaSearch (its default TPE) and ASHAScheduler()
         return _tune_run(table, compression, seed, arm, budget_s, storage,
                          OptunaSearch(space, metric="val_acc", mode="max", seed=seed), ASHAScheduler()).points
@@ -220,9 +222,8 @@ def run_optuna_sha(spec, table, compression, seed, budget_s) -> list:
     import optuna
 
     from search import tuner as tuner_mod
-    from search.optuna_space import YamlSpace
 
-    space = YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()})
+    space = tuner_mod.yaml_space(spec)
     arrivals = Arrivals(compression, budget_s)
 
     def objective(trial):
@@ -250,10 +251,10 @@ def run_top_k(spec, table, compression, seed, budget_s, storage) -> list:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.optuna_space import YamlSpace
+    from search import tuner as tuner_mod
     from trainables.ray_internals import EpochOptunaSearch
 
-    space = YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()})
+    space = tuner_mod.yaml_space(spec)
     searcher = EpochOptunaSearch(space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=seed))
     first = _tune_run(table, compression, seed, "top-k-1", budget_s / 2, storage, searcher, FIFOScheduler(),
                       stop_epoch=1)

@@ -61,7 +61,6 @@ def recipe_child(seed: int, budget_s: float, tmp: Path, extra: list[str]) -> flo
 
     from search import space as space_mod
     from search import tuner as tuner_mod
-    from search.optuna_space import YamlSpace
     from search.run import start_ray, trial_context, warm_cache
     from trainables import data
 
@@ -73,7 +72,7 @@ def recipe_child(seed: int, budget_s: float, tmp: Path, extra: list[str]) -> flo
     context = trial_context(spec, index.location, index.classes, tmp / "split.csv", tmp)
     start_ray(None, verbose=False)
     warm_cache(spec, context)
-    searcher = OptunaSearch(YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}), metric="val_acc",
+    searcher = OptunaSearch(tuner_mod.yaml_space(spec), metric="val_acc",
                             mode="max", seed=seed)
     tuner = tune.Tuner(
         tuner_mod.trainable(context),

@@ -121,6 +121,6 @@ class SpentRecorder(tune.Callback):
             tmp.write_text(json.dumps(record))
             tmp.replace(path)
         except OSError as e:  # e.g. resumed where this machine's copy of the results is elsewhere
-            if not getattr(self, "warned", False):
+            if not self.warned:
                 self.warned = True
                 print(f"warning: could not record the time spent in {path}: {e}", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ import time
 
 from ray.tune import Callback
 
+from search import budget
 from search.duration import say
 from search.results_folder import classify_error_file
 
@@ -34,8 +35,6 @@ class ProgressPrinter(Callback):
         self.best: float | None = None
 
     def _say(self, text: str) -> None:
-        from search import budget
-
         left = budget.CLOCK.left()
         when = f"{time.time() - self.start:6.0f}s" + ("" if left is None else f", {say(max(0, left))} left")
         best = "" if getattr(self, "best", None) is None else f", best {self.best:.4f}"
@@ -63,8 +62,6 @@ class ProgressPrinter(Callback):
                   f"{self.metric}={result.get(self.metric, float('nan')):.4f}{extra}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from search import budget
-
         self.done += 1
         last = trial.last_result or {}
         self._saw(last.get(self.metric))

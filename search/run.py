@@ -343,7 +343,7 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
     if info.get("study_storage"):  # absent from an older results folder's search.json: no study to show
         print(f"Optuna study, live: optuna-dashboard {info['study_storage']}", flush=True)
     started = time.time()
-    _start_budget(args, info, exp_dir)
+    _start_budget(args, info, exp_dir, spec.search.time)
     try:
         tuner.fit()  # Tune turns a first Ctrl-C into a clean stop, its state saved
     except KeyboardInterrupt:  # a second Ctrl-C: the state saved so far is still there
@@ -361,7 +361,7 @@ def run_search(args, spec, name: str, index, checked: tuple[Path, dict | None]):
         _close_study(args, exp_dir, info)
     if remote.is_uri(results):
         if _after_search(remote_results.push, exp_dir, results,
-                         [csv_path.name, study_mod.JOURNAL_FILE, *budget_file(exp_dir)],
+                         [csv_path.name, study_mod.JOURNAL_FILE, *budget_file(info.get("time_s"))],
                          why=f"uploading trials.csv failed; it is in {exp_dir}"):
             csv_path = _under(results, csv_path.name)
     print_outcome(args, name, results, info, table, csv_path, elapsed, finished, interrupted, n)
@@ -388,9 +388,9 @@ def _trials_line(info: dict) -> str:
             f"as many trials as fit in {say(seconds)}")
 
 
-def _start_budget(args, info: dict, exp_dir: Path) -> None:
+def _start_budget(args, info: dict, exp_dir: Path, time_flag: float | None) -> None:
     """Start the time budget's clock from the command's start; a resumed search gets what its
-    budget has left, or --time."""
+    budget has left, or --time (TIME_FLAG: the space's search.time, which --time set)."""
     from search import budget
 
     if not args.resume:
@@ -399,9 +399,8 @@ def _start_budget(args, info: dict, exp_dir: Path) -> None:
     record = results_folder.read_budget(exp_dir)  # the budget in force when it stopped (a --time of an earlier resume)
     refused = bool(record.get("refused"))  # Tune restores its searcher finished: no new trials start
     if args.time is not None:
-        seconds = parse_duration(args.time)
-        budget.start(seconds, args.started, refused=refused)
-        print(f"time budget: {say(seconds)} for the resumed search (--time)"
+        budget.start(time_flag, args.started, refused=refused)
+        print(f"time budget: {say(time_flag)} for the resumed search (--time)"
               + ("; it had stopped starting trials, so only its unfinished trials go on" if refused else ""),
               flush=True)
         return
@@ -479,7 +478,7 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
             print(f"note: {line}", flush=True)
         return tuner_mod.restore(results, context)  # its callbacks come back with it
     callbacks = [ProgressPrinter(spec.search.asha_metric, spec.search.asha_mode, spec.search.max_trials),
-                 *_uploads(exp_dir, results)]
+                 *_uploads(exp_dir, results, spec.search.time)]
     if spec.search.time:  # before the uploads: its first record is there to upload
         from search.budget import SpentRecorder
 
@@ -494,20 +493,19 @@ def _tuner(args, spec, name: str, exp_dir: Path, state: dict | None, context: Tr
     return tuner_mod.build(spec, context, search_alg, _abs_storage(args.storage), name, n, callbacks=callbacks)
 
 
-def budget_file(exp_dir: Path) -> list[str]:
-    """[budget.json] for a search with a time budget (uploaded with the journal: --resume reads it)."""
-    info = results_folder.read_search_info(exp_dir)
-    return [results_folder.BUDGET_FILE] if info.get("time_s") else []
+def budget_file(time_s: float | None) -> list[str]:
+    """[budget.json] for a search with a time budget TIME_S (uploaded with the journal: --resume reads it)."""
+    return [results_folder.BUDGET_FILE] if time_s else []
 
 
-def _uploads(exp_dir: Path, results: str) -> list:
+def _uploads(exp_dir: Path, results: str, time_s: float | None) -> list:
     """For results in a bucket: a callback that uploads the study's journal as the search runs,
     so that --resume on another machine finds the sampler's history."""
     if not remote.is_uri(results):
         return []
     from search.progress import Uploader
 
-    return [Uploader(exp_dir, results, [study_mod.JOURNAL_FILE, *budget_file(exp_dir)])]
+    return [Uploader(exp_dir, results, [study_mod.JOURNAL_FILE, *budget_file(time_s)])]
 
 
 def _close_study(args, exp_dir: Path, info: dict) -> None:

@@ -84,6 +84,11 @@ def restore(exp_dir, context: TrialContext):
                               resume_errored=False)
 
 
+def yaml_space(spec: SpaceFile) -> YamlSpace:
+    """The space's knobs as the Optuna define-by-run function every searcher samples from."""
+    return YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()})
+
+
 def searcher(spec: SpaceFile, name: str, study_storage=None, sampler=None):
     """Optuna TPE over the YAML space, writing its study (named NAME) to STUDY_STORAGE as it runs:
     single- or multi-objective (the study's directions are the space's modes), told which trials
@@ -98,7 +103,7 @@ def searcher(spec: SpaceFile, name: str, study_storage=None, sampler=None):
     startup = s.startup_trials or (min(10, max(2, s.max_trials // 3)) if s.max_trials else UNCAPPED_STARTUP)
     names, modes = zip(*s.objectives)
     return ray_internals.EpochOptunaSearch(
-        YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}),
+        yaml_space(spec),
         metric=list(names) if len(names) > 1 else names[0],
         mode=list(modes) if len(modes) > 1 else modes[0],
         limits=s.constraints.limits(),
