@@ -89,7 +89,7 @@ def run_arm(arm: str, spec, context, seed: int, storage: Path) -> list[float]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.optuna_space import YamlSpace
+    from search.tuner import yaml_space
     from trainables.ray_internals import EpochOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,8 +100,7 @@ def run_arm(arm: str, spec, context, seed: int, storage: Path) -> list[float]:
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=s.scheduler.grace_period,
                                reduction_factor=s.scheduler.reduction_factor)
                  if scheduler_name == "asha" else FIFOScheduler())
-    searcher = EpochOptunaSearch(YamlSpace({n: k.model_dump() for n, k in spec.knobs.items()}),
-                                 metric="val_acc", mode="max", sampler=sampler)
+    searcher = EpochOptunaSearch(yaml_space(spec), metric="val_acc", mode="max", sampler=sampler)
     arrivals: dict[tuple[str, int], float] = {}  # (trial, epoch) -> val_acc, in arrival order
 
     class Arrivals(tune.Callback):

@@ -21,7 +21,7 @@ import torch
 
 from search import run as run_cli
 from search import space
-from search.optuna_space import YamlSpace
+from search.tuner import yaml_space
 from tests.conftest import ROOT, trial_context
 from trainables import data, sessions, train_loop
 from trainables.params import TrialParams
@@ -167,7 +167,7 @@ def test_seed_space_loads_and_its_seed_config_trains_one_epoch(name, weights_fil
     # shrunk, with that weights file, and its seed config drawn through the define-by-run space
     small = space.load(path, shrink_overrides(path, case["shrink"], extra))
     context = trial_context(*split_file(case.get("split", (0.7, 0.15, 0.15))), spec=small)
-    fn = YamlSpace({n: k.model_dump() for n, k in small.knobs.items()})
+    fn = yaml_space(small)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     point = small.search.points_to_evaluate[0]
