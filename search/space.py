@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from search.duration import parse_duration
 from trainables import limits
-from trainables.params import KNOBS, TrialParams
+from trainables.params import KNOBS, TrialParams, knob_metadata, nesterov_problem
 
 METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
 # what a trial's model costs (trainables.footprint): objectives after the first, and constraints
@@ -498,18 +498,10 @@ def _check_pretrained_models(path: Path, models_: list, conds: list | None) -> N
                                                   f"`when: {{model: [<timm models>]}}` or drop {m} from model")
 
 
-# knob -> (the knob it depends on, the values of that knob where it has an effect). The `cnn_*`
-# knobs are the CNN's own (trainables.models.OWN_MODELS); its name is written here rather than
-# asked of the registry because this table is built when the module is imported, and importing
-# search.space must not import torch.
-APPLIES_WHEN = {
-    **{n: ("model", ["cnn"]) for n in KNOBS if n.startswith("cnn_")},
-    "momentum": ("optimizer", ["sgd"]), "nesterov": ("optimizer", ["sgd"]),
-    "step_size": ("lr_schedule", ["step"]), "gamma": ("lr_schedule", ["step"]),
-    "plateau_factor": ("lr_schedule", ["plateau"]), "plateau_patience": ("lr_schedule", ["plateau"]),
-    "min_lr": ("lr_schedule", ["cosine", "plateau"]),
-}
-PRETRAINED_ONLY = ("unfreeze", "head_epochs", "unfreeze_every")
+# knob -> (the knob it depends on, the values of that knob where it has an effect), and the
+# knobs of pretrained models only: both read from the knobs' own metadata (trainables.params).
+APPLIES_WHEN = {name: next(iter(where.items())) for name, where in knob_metadata("applies_when").items()}
+PRETRAINED_ONLY = tuple(knob_metadata("pretrained_only"))
 
 
 def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
@@ -532,8 +524,9 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
             raise _fail(path, f"space.{name}", "acts on the head's hidden layers, but head_hidden gives none; "
                                                "set head_hidden (e.g. [256]) or drop " + name)
     mom, nest = k.get("momentum"), k.get("nesterov")
-    if nest is not None and True in nest.values() and mom is not None and all(m == 0 for m in mom.values()):
-        raise _fail(path, "space.nesterov", "Nesterov momentum needs momentum > 0, but momentum is 0")
+    problem = nest is not None and mom is not None and nesterov_problem(mom.values(), nest.values())
+    if problem:
+        raise _fail(path, "space.nesterov", f"{problem}, but momentum is 0")
     pre = k["pretrained"].values() if "pretrained" in k else [False]
     for name in PRETRAINED_ONLY:
         if name not in k:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from trainables.params import TrialParams
+from trainables.params import TrialParams, nesterov_problem
 
 
 def make_optimizer(p: TrialParams, backbone_params, head_params) -> torch.optim.Optimizer:
@@ -27,6 +27,7 @@ def make_optimizer(p: TrialParams, backbone_params, head_params) -> torch.optim.
         return torch.optim.Adam(groups, weight_decay=p.weight_decay)
     if p.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=p.weight_decay)
-    if p.nesterov and p.momentum == 0:
-        raise ValueError("nesterov: Nesterov momentum needs momentum > 0, got momentum=0")
+    problem = nesterov_problem([p.momentum], [p.nesterov])
+    if problem:
+        raise ValueError(f"nesterov: {problem}, got momentum=0")
     return torch.optim.SGD(groups, momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay)
