@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 LATENCY_RUNS = 20
 WARMUP_RUNS = 3
@@ -55,15 +56,12 @@ def measure_once(model: torch.nn.Module, image_size: int, device: torch.device, 
     same architecture (its modules as printed, the image size, the device; on a GPU the batch
     size), one JSON file each in FOLDER. Trials that start together wait for the first one's measurement
     (a file lock), so they report one figure, not one each. `footprint_s`: what this call cost."""
-    import fcntl
-
     started = time.perf_counter()
     key = f"{model!r}|{image_size}|{device.type}|{batch_size if device.type == 'cuda' else ''}|" \
           f"{torch.__version__}|{platform.node()}"
     path = Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock")):
         try:
             figures = json.loads(path.read_text())
         except (OSError, ValueError):  # not measured here yet (or a file cut short)

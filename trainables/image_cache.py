@@ -13,7 +13,6 @@ the disk's free space.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from trainables import cache_budget
 from trainables.images import DataError, open_rgb
@@ -118,11 +118,7 @@ def open_or_build(root: str | Path, paths: list[str], image_size: int, cache_dir
 def _build_once(root: Path, paths: list[str], image_size: int, dest: Path, stream, max_gb) -> None:
     """Build DEST unless another process does: under its lock, the cache trimmed first."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.with_suffix(".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial waits for the first one's build
-        except OSError:  # a file system without locks (Lustre without -o flock): the rename keeps it whole
-            pass
+    with FileLock(dest.with_suffix(".lock")):  # a second trial waits for the first one's build
         if dest.exists():
             return
         cache_budget.sweep_partials(dest.parent)

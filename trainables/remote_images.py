@@ -12,13 +12,14 @@ Copies run in parallel under a file lock, so the trials of one node fetch each i
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 from trainables import remote
 from trainables.image_cache import progress
@@ -33,11 +34,7 @@ def local_root(uri: str, cache_dir: str | Path) -> Path:
 @contextmanager
 def _locked(root: Path):
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f"{root.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # the node's other trials wait for one copy
-        except OSError:  # a file system without locks: each file still appears whole
-            pass
+    with FileLock(root.parent / f"{root.name}.lock"):  # the node's other trials wait for one copy
         yield
 
 
