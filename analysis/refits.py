@@ -38,13 +38,13 @@ def refit(config: dict, context, history: pd.DataFrame, epochs: int, seed_offset
     """Train the refit on train+val into MODEL_DIR, stopped after EPOCHS; return its per-epoch reports.
     DEVICE: where it trains (default: a GPU if this process sees one, else the CPU)."""
     from trainables import checkpoint
+    from trainables.plan import TrialPlan
     from trainables.sessions import LocalSession
     from trainables.train_loop import fit
 
     session = LocalSession(checkpoint_dir=model_dir, device=device)
     refit_params, lr_path = refit_config(config, history, epochs, seed_offset)
-    fit(refit_params, context, session, train_splits=("train", "val"), val_split=None, stop_after_epoch=epochs,
-        lr_path=lr_path)
+    fit(refit_params, context, session, TrialPlan.for_refit(stop_after_epoch=epochs, lr_path=lr_path))
     (Path(model_dir) / checkpoint.TRAIN_STATE).unlink(missing_ok=True)  # optimizer state: not part of the model
     return session.history
 

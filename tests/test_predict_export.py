@@ -7,6 +7,7 @@ from analysis import predict
 from tests.conftest import require_extra, trial_context
 from tests.test_train_loop import config_for
 from trainables import checkpoint, data, export, preprocess, sessions, train_loop
+from trainables.plan import TrialPlan
 
 
 def trained_model(folder, tmp_path):
@@ -47,7 +48,7 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
     config = {"model": "efficientnet_lite0", "pretrained": True, "unfreeze": 0, "image_size": 48, "lr": 0.003,
               "batch_size": 32, "epochs": 3}
     train_loop.fit(config, trial_context(idx, tmp_path / "split.csv"), sessions.LocalSession(tmp_path / "model"),
-                   train_splits=("train", "val"), val_split=None)
+                   TrialPlan.for_refit())
     test = data.read_split(tmp_path / "split.csv", ("test",))
     assert predict.main([str(tmp_path / "model"), *[str(animal_root / it.path) for it in test], "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -7,6 +7,7 @@ stopped, whatever its batch size, with no step counter to save.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -30,7 +31,7 @@ class EpochSchedule:
       of the warm-up only set the best value: a rising LR is no plateau.
     """
 
-    def __init__(self, p: TrialParams, optimizer: torch.optim.Optimizer, replay: list[float] | None = None):
+    def __init__(self, p: TrialParams, optimizer: torch.optim.Optimizer, replay: Sequence[float | None] | None = None):
         """REPLAY: head LRs of epochs 1, 2, ... as a trial reported them (None: an epoch it has no
         report of); a refit follows them exactly (plateau included, whose signal, the val score, a
         refit on train+val does not have). The head's group is the optimiser's first."""

@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from trainables import (
 )
 from trainables.context import TrialContext
 from trainables.params import TrialParams
+from trainables.plan import TrialPlan
 from trainables.sessions import RayTrainSession
 
 DIVERGENCE_CHECK_STEPS = 20
@@ -78,14 +80,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(config: dict, context: TrialContext, session, train_splits=("train",), val_split: str | None = "val",
-        stop_after_epoch: int | None = None, lr_path: list | None = None) -> dict:
+def fit(config: dict, context: TrialContext, session, plan: TrialPlan | None = None) -> dict:
     """Train for params.epochs epochs, reporting after each; return the last report.
 
     CONFIG holds the hyperparameters (`trainables.params.TrialParams`), CONTEXT the search-wide
-    rest (data, objective, resources). A refit of a trial gives STOP_AFTER_EPOCH (stop there,
-    the LR schedule still planned over all params.epochs) and LR_PATH (the trial's LRs,
-    replayed epoch by epoch).
+    rest (data, objective, resources), PLAN what the run is for (`TrialPlan.for_trial()`, the
+    default, or `TrialPlan.for_refit(...)`).
 
     Epochs are 1-based and continue from a restored checkpoint, so that ASHA (which counts
     `epoch`) and the curves stay right when Ray retries or resumes a trial. With several
@@ -95,10 +95,11 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
     A search trial first measures its model (`trainables.footprint`); one over CONTEXT.limits
     reports that once, at epoch 0 with its objective NaN and `infeasible` saying why, and ends.
     """
+    plan = plan or TrialPlan.for_trial()
     params = TrialParams.model_validate(config)
     _seed_everything(params.seed + session.rank)  # before the model's initial weights are drawn
     model = models.build(params.model_dump(), len(context.class_names))
-    figures = _measure(model, params, context, session) if val_split else {}  # a refit trains what was chosen
+    figures = _measure(model, params, context, session) if plan.measure_footprint else {}
     over = limits.describe_over(figures, context.limits)
     # over the search's limits: never deployable, so not trained; the sampler learns why. (Not a
     # trial that already trained, retried or resumed from its checkpoint: it was judged then.)
@@ -106,10 +107,10 @@ def fit(config: dict, context: TrialContext, session, train_splits=("train",), v
         row = {"epoch": 0, "epoch_of": params.epochs, context.metric: math.nan, **figures, "infeasible": over}
         session.report(row, None)
         return row
-    t = _setup(params, model, figures, context, session, train_splits, val_split, lr_path)
+    t = _setup(params, model, figures, context, session, plan)
     last: dict = {}
     try:
-        for epoch in range(_restore(session, t), min(t.params.epochs, stop_after_epoch or t.params.epochs) + 1):
+        for epoch in range(_restore(session, t), min(t.params.epochs, plan.stop_after_epoch or t.params.epochs) + 1):
             row = _epoch(t, session, epoch)
 
             def save(d, epoch=epoch, row=row):
@@ -133,7 +134,7 @@ class _Trial:
     params: TrialParams
     meta: dict
     model: torch.nn.Module
-    step_fn: object
+    step_fn: Callable[..., torch.Tensor]  # the model, or its torch.compile'd forward
     opt: torch.optim.Optimizer
     lr_schedule: schedule.EpochSchedule
     stopper: "EarlyStop"
@@ -142,7 +143,7 @@ class _Trial:
     val: tuple | None
     objective: tuple[str, str]
     loss_weight: torch.Tensor | None
-    mix: object
+    mix: Callable | None  # mixup/cutmix on a batch (trainables.augment.batch_mix); None: off
     normalize: preprocess.Normalizer
     nhwc: bool
     amp: bool
@@ -169,15 +170,15 @@ def _has_checkpoint(session) -> bool:
         return folder is not None
 
 
-def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: TrialContext, session, train_splits,
-           val_split, lr_path) -> _Trial:
+def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: TrialContext, session,
+           plan: TrialPlan) -> _Trial:
     """Load the trial's images (from the decoded cache); build the MODEL's optimiser and schedule."""
     p = params.model_dump()
     classes = list(context.class_names)
-    rows = data.read_split(context.split_file, tuple(train_splits) + ((val_split,) if val_split else ()))
+    rows = data.read_split(context.split_file, plan.splits())
     load = functools.partial(data.load_images, context.data_root, classes=classes, image_size=params.image_size,
                              cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
-    x_train, y_train = load([r for r in rows if r.split in train_splits])
+    x_train, y_train = load([r for r in rows if r.split in plan.train_splits])
     meta = {"arch": params.model, "params": p, "num_classes": len(classes), "class_names": classes,
             "image_size": params.image_size, **preprocess.resolve(p), "objective": context.metric}
     backbone_params, head_params = models.param_groups(model)
@@ -185,13 +186,13 @@ def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: 
     loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
     return _Trial(
         params=params, meta=meta, model=model, step_fn=model, opt=opt,
-        lr_schedule=schedule.EpochSchedule(params, opt, replay=lr_path),
-        stopper=EarlyStop(params.early_stop_patience if val_split else 0),  # a retrain runs its chosen epochs
+        lr_schedule=schedule.EpochSchedule(params, opt, replay=plan.lr_path),
+        stopper=EarlyStop(params.early_stop_patience if plan.early_stop else 0),
         freezing=Freezing(params, model),
         batches=Batches(x_train, y_train, params, classes, session.device, context.resources.loader_workers,
                         shard=(session.rank, session.world_size)),
-        val=load([r for r in rows if r.split == val_split]) if val_split else None,
-        objective=(context.metric, context.mode) if val_split else ("train_loss", "min"),
+        val=load([r for r in rows if r.split == plan.val_split]) if plan.val_split else None,
+        objective=plan.objective(context.metric, context.mode),
         loss_weight=loss_weight.to(session.device) if loss_weight is not None else None,
         mix=augment.batch_mix(params, len(classes)), normalize=preprocess.Normalizer(meta, session.device),
         nhwc=models.prefers_channels_last(params.model, session.device),
