@@ -205,7 +205,7 @@ def run_baseline(arm, spec, table, compression, seed, budget_s, storage) -> list
     from ray.tune.search.optuna import OptunaSearch
 
     from search import tuner as tuner_mod
-    from trainables.ray_internals import EpochOptunaSearch
+    from search.searcher import EpochOptunaSearch
 
     space = tuner_mod.yaml_space(spec)
     if arm == "ray-recipe":  # as Ray's docs show it: OptunaSearch (its default TPE) and ASHAScheduler()
@@ -252,7 +252,7 @@ def run_top_k(spec, table, compression, seed, budget_s, storage) -> list:
     from ray.tune.schedulers import FIFOScheduler
 
     from search import tuner as tuner_mod
-    from trainables.ray_internals import EpochOptunaSearch
+    from search.searcher import EpochOptunaSearch
 
     space = tuner_mod.yaml_space(spec)
     searcher = EpochOptunaSearch(space, metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=seed))

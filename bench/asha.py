@@ -89,8 +89,8 @@ def run_arm(arm: str, spec, context, seed: int, storage: Path) -> list[float]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from search.searcher import EpochOptunaSearch
     from search.tuner import yaml_space
-    from trainables.ray_internals import EpochOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search

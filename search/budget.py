@@ -75,7 +75,7 @@ def start(seconds: float | None, started: float | None = None, spent: float = 0.
 
 
 def may_start_trial() -> bool:
-    """The searcher asks before each new trial (trainables.ray_internals.EpochOptunaSearch)."""
+    """The searcher asks before each new trial (search.searcher.EpochOptunaSearch)."""
     return CLOCK.may_start_trial()
 
 

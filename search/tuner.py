@@ -18,7 +18,6 @@ import math
 
 from search.optuna_space import YamlSpace
 from search.space import SpaceFile
-from trainables import ray_internals
 from trainables.context import Resources, TrialContext
 
 DRIVER_TOKEN = "trial_driver"
@@ -97,12 +96,13 @@ def searcher(spec: SpaceFile, name: str, study_storage=None, sampler=None):
     import optuna
 
     from search import budget
+    from search.searcher import EpochOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = spec.search
     startup = s.startup_trials or (min(10, max(2, s.max_trials // 3)) if s.max_trials else UNCAPPED_STARTUP)
     names, modes = zip(*s.objectives)
-    return ray_internals.EpochOptunaSearch(
+    return EpochOptunaSearch(
         yaml_space(spec),
         metric=list(names) if len(names) > 1 else names[0],
         mode=list(modes) if len(modes) > 1 else modes[0],

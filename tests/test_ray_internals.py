@@ -8,8 +8,9 @@ from optuna.trial import TrialState
 
 from search import study as study_mod
 from search.optuna_space import YamlSpace
+from search.searcher import EpochOptunaSearch
 from trainables import ray_internals
-from trainables.ray_internals import EpochOptunaSearch, study_of
+from trainables.ray_internals import study_of
 
 
 @pytest.mark.timeout(120)

@@ -10,13 +10,12 @@ workarounds in one file the same way: `hyperopt/_ray210_compat.py`.)
 - Quiet consoles: `quiet_env`, `TUNE_CONTROLLER_LOGGER`.
 - Tune's trial files: `STATE_GLOB`, `PARAMS_FILE`, `RESULTS_FILE`, `ERROR_FILE`.
 - A TorchTrainer per trial: `lean_torch_trainer()`, `hand_over_report_callback()`.
-- The searcher: `EpochOptunaSearch`, `study_of`.
+- The searcher's private state: `optuna_trials`, `study_of`, `completed_trials`.
 """
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import socket
 import time
@@ -147,143 +146,23 @@ def hand_over_report_callback():
     return HandOverTuneReportCallback()
 
 
-# ---- the searcher ---------------------------------------------------------------------------
+# ---- the searcher's private state ----------------------------------------------------------
+# `search.searcher.EpochOptunaSearch` subclasses Ray's OptunaSearch; these are the private
+# attributes of it that the subclass reads (checked by HOOKS below).
 
-def _epoch_optuna_search_class():
-    """Defined on first use (see `__getattr__`): importing this module must not import Ray Tune
-    and Optuna, which the trials' workers and the analysis commands never need."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    class EpochOptunaSearch(OptunaSearch):
-        """OptunaSearch that reports per epoch, tells ASHA-stopped trials to Optuna as PRUNED, and
-        tells it each trial's model footprint and how far over the search's LIMITS it is.
-
-        Ray's `OptunaSearch` tells Optuna every trial that ends without an error as COMPLETE with
-        its last score, ASHA-stopped ones included (its states since ray-project/ray#15283), and
-        reports intermediate values by `training_iteration`; the result on which a trial stops
-        reaches only `on_trial_complete` (Tune's controller skips `on_trial_result` for it). This
-        subclass reports each epoch at step = `epoch`, ends an ASHA-stopped trial (fewer epochs than
-        it planned) as PRUNED, so that TPE treats it as one of Optuna's own pruned trials, and a
-        completed trial (all its epochs, or stopped by its own early-stop patience) as COMPLETE with
-        its best score (the one its kept checkpoint has).
-
-        The footprint (trainables.footprint) becomes the Optuna trial's user attributes, and each
-        limit a constraint (`Trial.set_constraint`: `limits.violation`, > 0 infeasible), which
-        TPE ranks below every feasible trial; a trial over a limit was never trained and ends
-        PRUNED. In a multi-objective search (METRIC a list: a validation metric, then costs)
-        the values told are the first objective's best and the model's costs; Optuna takes no
-        intermediate values there. It uses OptunaSearch's private `_ot_trials`, `_ot_study` and
-        `_completed_trials`.
-
-        MAY_START, when given, is asked before each new trial (a module-level function, pickled by
-        name with the searcher): False ends the search's trials (`Searcher.FINISHED`), as a time
-        budget does when a new trial could no longer reach its first rung."""
-
-        def __init__(self, *args, limits: dict[str, float] | None = None, may_start=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._limits = dict(limits or {})
-            self._may_start = may_start
-
-        def _reported(self, trial_id: str) -> dict[int, float]:
-            """Epoch → value told to Optuna so far (kept in the searcher, so it survives a resume)."""
-            if not hasattr(self, "_epochs"):
-                self._epochs: dict[str, dict[int, float]] = {}
-            return self._epochs.setdefault(trial_id, {})
-
-        @property
-        def _names(self) -> list[str]:
-            """The objectives: the first is the validation metric reported each epoch."""
-            return list(self.metric) if isinstance(self.metric, list) else [self.metric]
-
-        def suggest(self, trial_id: str) -> dict | None:
-            if getattr(self, "_may_start", None) is not None and not self._may_start():
-                return OptunaSearch.FINISHED
-            config = super().suggest(trial_id)
-            if trial_id in self._ot_trials:  # the dashboard's trial names the trial folder
-                self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
-            return config
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            self._tell_footprint(trial_id, result)
-            value, epoch = result.get(self._names[0]), result.get("epoch")
-            if value is None or epoch is None or not math.isfinite(value):
-                return
-            reported = self._reported(trial_id)
-            if int(epoch) not in reported:  # an epoch redone after a restore is not reported twice
-                reported[int(epoch)] = float(value)
-                if len(self._names) == 1:  # Optuna takes no intermediate values in a multi-objective study
-                    _guarded(self._ot_trials[trial_id].report, float(value), int(epoch))
-
-        def _tell_footprint(self, trial_id: str, result: dict) -> None:
-            """The model's figures as user attributes and its constraints, once per trial."""
-            trial = self._ot_trials[trial_id]
-            if result.get("latency_ms") is None or "latency_ms" in trial.user_attrs:
-                return
-            from trainables.limits import FIGURES, violation
-
-            for name in (*FIGURES, "infeasible"):
-                if result.get(name) is not None:
-                    _guarded(trial.set_user_attr, name, result[name])
-
-            for name, limit in getattr(self, "_limits", {}).items():  # a searcher pickled before limits: none
-                if result.get(name) is not None:
-                    _guarded(trial.set_constraint, name, violation(result[name], limit))
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            from optuna.trial import TrialState
-
-            if result:  # Tune hands the last epoch (the one ASHA stopped at, or the final one) only here
-                self.on_trial_result(trial_id, result)
-            trial, reported = self._ot_trials[trial_id], self._reported(trial_id)
-            # fewer epochs than planned: ASHA stopped it, unless its own early-stop patience did
-            stopped = bool(result) and result.get("epoch", 0) < result.get("epoch_of", 0) \
-                and not result.get("early_stopped")
-            costs = [(result or {}).get(name) for name in self._names[1:]]
-            if not error and result and result.get("infeasible"):  # not trained; its constraints say why
-                _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
-            elif error or not reported or None in costs:
-                _guarded(self._ot_study.tell, trial, state=TrialState.FAIL)
-            elif stopped:  # Optuna takes its last intermediate value
-                _guarded(self._ot_study.tell, trial, state=TrialState.PRUNED)
-            else:
-                best = max(reported.values()) if self._mode_of_first() == "max" else min(reported.values())
-                values = [best, *map(float, costs)] if costs else best
-                _guarded(self._ot_study.tell, trial, values, state=TrialState.COMPLETE)
-            self._completed_trials.add(trial_id)
-
-        def _mode_of_first(self) -> str:
-            return self.mode[0] if isinstance(self.mode, list) else self.mode
-
-    EpochOptunaSearch.__module__, EpochOptunaSearch.__qualname__ = __name__, "EpochOptunaSearch"
-    return EpochOptunaSearch
-
-
-def __getattr__(name: str):
-    """`EpochOptunaSearch`, made once, then an ordinary module attribute (PEP 562): Tune pickles
-    the searcher by this module's name and unpickles it through here."""
-    if name == "EpochOptunaSearch":
-        cls = globals()[name] = _epoch_optuna_search_class()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _guarded(call, *args, **kwargs) -> None:
-    """A study update that fails (a trial already finished in the storage, as after a kill and a
-    resume from an older searcher state; a storage I/O error) is logged; the search goes on, as
-    Ray's own OptunaSearch does."""
-    try:
-        call(*args, **kwargs)
-    except Exception as e:
-        logger.warning("Optuna study not updated: %s: %s", type(e).__name__, e)
+def optuna_trials(searcher) -> dict:
+    """Tune trial id → the live `optuna.Trial` an OptunaSearch asked for it."""
+    return searcher._ot_trials
 
 
 def study_of(searcher):
     """The `optuna.Study` an OptunaSearch drives (to seed it with earlier trials)."""
     return searcher._ot_study
+
+
+def completed_trials(searcher) -> set:
+    """The Tune trial ids an OptunaSearch has already told to Optuna as finished."""
+    return searcher._completed_trials
 
 
 # ---- the check --------------------------------------------------------------------------------
