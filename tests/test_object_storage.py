@@ -71,6 +71,15 @@ def test_no_credentials_is_one_line(s3, tmp_path):
     assert _error_line(run).startswith("error: --storage s3://hpo/results/smoke: no AWS credentials found")
 
 
+def test_a_profile_that_does_not_exist_is_one_line(s3, tmp_path):
+    """The credential chain is botocore's: a named profile it cannot find is said in one line."""
+    env = {k: v for k, v in s3["env"].items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    run = search_cli([SMOKE, "--data", "s3://hpo/images/", "--storage", str(tmp_path), *FAST],
+                     timeout=120, env=dict(env, AWS_PROFILE="no-such-profile"))
+    assert _error_line(run) == ("error: --data s3://hpo/images/: AWS credentials: The config profile "
+                                "(no-such-profile) could not be found")
+
+
 def test_wrong_credentials_are_one_line(s3, tmp_path):
     env = dict(s3["env"], AWS_ACCESS_KEY_ID="AKIAWRONGKEY00000000", AWS_SECRET_ACCESS_KEY="wrong")
     run = search_cli([SMOKE, "--data", "s3://hpo/images/", "--storage", str(tmp_path), *FAST],

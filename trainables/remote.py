@@ -84,34 +84,21 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def credentials_found() -> bool:
-    """Whether the AWS credential chain has a source to look at (its order: environment, shared
-    files, web identity, container, instance metadata). Checked before the first request, because
-    without credentials the S3 client retries for seconds and then reports an unrelated error."""
-    env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or env.get("AWS_PROFILE"):
-        return True
-    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
-        return True
-    files = [env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), env.get("AWS_CONFIG_FILE", "~/.aws/config")]
-    if any(Path(f).expanduser().is_file() for f in files):
-        return True
-    return env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true" and _instance_metadata()
+def credentials_problem() -> str | None:
+    """What keeps the AWS credential chain from giving credentials, or None when it gives some.
 
+    botocore's own resolver walks the chain as every AWS tool does (environment, shared files,
+    SSO, web identity, container, instance metadata), and is kept in step with AWS's changes.
+    Checked before the first request, because without credentials the S3 client retries for
+    seconds and then reports an unrelated error."""
+    import botocore.exceptions
+    import botocore.session
 
-def _instance_metadata() -> bool:
-    """Whether this machine answers as an EC2 instance (its instance profile gives credentials)."""
-    import urllib.request
-
-    req = urllib.request.Request("http://169.254.169.254/latest/api/token", method="PUT",
-                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-    for request in (req, "http://169.254.169.254/latest/meta-data/"):  # IMDSv2, else v1 (a container's hop)
-        try:
-            with urllib.request.urlopen(request, timeout=1):
-                return True
-        except OSError:
-            continue
-    return False
+    try:
+        found = botocore.session.get_session().get_credentials()
+    except botocore.exceptions.BotoCoreError as e:  # e.g. AWS_PROFILE names no profile
+        return f"AWS credentials: {_first_line(e)}"
+    return None if found is not None else NO_CREDENTIALS
 
 
 NO_CREDENTIALS = ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
@@ -134,8 +121,9 @@ def explain(uri: str, e: BaseException) -> str:
 
 
 def check_credentials(uri: str) -> None:
-    if scheme(uri) in ("s3", "s3a") and not credentials_found():
-        raise StorageError(f"{uri}: {NO_CREDENTIALS}")
+    problem = credentials_problem() if scheme(uri) in ("s3", "s3a") else None
+    if problem:
+        raise StorageError(f"{uri}: {problem}")
 
 
 def listing(uri: str) -> dict[str, tuple[int, int]]:
