@@ -17,20 +17,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout, checkpoints=False)
-        info = results_folder.read_search_info(results_dir)
+        record = results_folder.read_record(results_dir)
         table, _ = results_folder.write_trials_csv(results_dir)
     except (results_folder.ResultsError, remote.StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    board = results_folder.leaderboard(table, info)
+    board = results_folder.leaderboard(table, record)
     out = Path(results_dir) / "leaderboard.csv"
     board.to_csv(out, index=False)
     if uri:
         remote_results.push(results_dir, uri, [out.name, "trials.csv"])
     counts = ", ".join(f"{v} {k}" for k, v in table["status"].value_counts().items()) if not table.empty else "none"
-    print(f"{info['name']}: {len(table)} trials ({counts}); objective {info['metric']} ({info['mode']})")
-    print(results_folder.format_board(board, info, top=args.top))
-    front = results_folder.format_front(table, info)
+    print(f"{record.name}: {len(table)} trials ({counts}); objective {record.metric} ({record.mode})")
+    print(results_folder.format_board(board, record, top=args.top))
+    front = results_folder.format_front(table, record)
     if front:
         print("\n" + front)
     print(f"\nleaderboard: {out}" + (f" (uploaded to {uri}/{out.name})" if uri else ""))

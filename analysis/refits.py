@@ -114,7 +114,7 @@ def plan(context, refits: int, address: str | None = None, serial: bool = False)
         return Plan()  # one refit fills this machine: no Ray to start
     import ray
 
-    from search.run import start_ray
+    from search.launch import start_ray
 
     owns_ray = start_ray(address, verbose=False)
     capacity = ray.cluster_resources()

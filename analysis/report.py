@@ -23,6 +23,7 @@ import pandas as pd
 
 from search import remote_results, results_folder
 from search.duration import say
+from search.record import SearchRecord
 from trainables import remote
 from trainables.limits import COSTS
 
@@ -58,7 +59,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def importances(table: pd.DataFrame, info: dict, searched: dict) -> dict[str, float]:
+def importances(table: pd.DataFrame, record: SearchRecord, searched: dict) -> dict[str, float]:
     """PED-ANOVA importances (no scikit-learn needed) on an Optuna study rebuilt from the trials,
     each knob with the distribution the search sampled it from (SEARCHED, from search.json).
 
@@ -70,9 +71,9 @@ def importances(table: pd.DataFrame, info: dict, searched: dict) -> dict[str, fl
     from search.study import fits
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    col = f"best_{info['metric']}"
+    col = record.best_column
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
-    knobs = [k for k in info["knobs"] if k in done and done[k].nunique(dropna=True) > 0]
+    knobs = [k for k in record.knobs if k in done and done[k].nunique(dropna=True) > 0]
     if len(done) < 3 or not knobs:
         return {}
     dists, values = {}, {}
@@ -88,7 +89,7 @@ def importances(table: pd.DataFrame, info: dict, searched: dict) -> dict[str, fl
         choices = [_fmt(c) for c in d.choices] if isinstance(d, CategoricalDistribution) else []
         dists[k] = CategoricalDistribution(list(dict.fromkeys(choices + sorted(set(shown)))))
         values[k] = shown
-    study = optuna.create_study(direction="maximize" if info["mode"] == "max" else "minimize")
+    study = optuna.create_study(direction="maximize" if record.maximize else "minimize")
     for i, value in enumerate(done[col].tolist()):
         study.add_trial(optuna.trial.create_trial(params={k: values[k][i] for k in knobs}, distributions=dists,
                                                   value=float(value)))
@@ -96,15 +97,15 @@ def importances(table: pd.DataFrame, info: dict, searched: dict) -> dict[str, fl
     return optuna.importance.get_param_importances(study, evaluator=evaluator)
 
 
-def effects(table: pd.DataFrame, info: dict, importance: dict[str, float]) -> pd.DataFrame:
+def effects(table: pd.DataFrame, record: SearchRecord, importance: dict[str, float]) -> pd.DataFrame:
     """knob | importance | effect on the objective | best value: the table hand-tuners write."""
-    col, better_high = f"best_{info['metric']}", info["mode"] == "max"
+    col, better_high = record.best_column, record.maximize
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
     if done.empty:
         return pd.DataFrame()
     best = done.sort_values(col, ascending=not better_high).iloc[0]
     rows = []
-    for k in info["knobs"]:
+    for k in record.knobs:
         if k not in done:
             continue
         sub = done[done[k].notna()]
@@ -127,13 +128,13 @@ def effects(table: pd.DataFrame, info: dict, importance: dict[str, float]) -> pd
                 others = ", ".join(f"{v}: {m:.3f} (n={int(n)})" for v, (m, n) in rest.iterrows())
                 effect = (f"{'flat' if gap < 0.01 else f'best at {top}, up to {gap:.3f} worse elsewhere'}; "
                           f"mean {top}: {means['mean'].iloc[0]:.3f} (n={int(means['count'].iloc[0])}), {others}")
-        rows.append({"knob": k, "importance": importance.get(k), f"effect on {info['metric']}": effect,
+        rows.append({"knob": k, "importance": importance.get(k), f"effect on {record.metric}": effect,
                      "best value": _fmt(best[k]) if pd.notna(best[k]) else "n/a (not used by the best trial)"})
     out = pd.DataFrame(rows)
     return out.sort_values("importance", ascending=False, na_position="last") if not out.empty else out
 
 
-def _curves_plot(board: pd.DataFrame, hist: dict, info: dict) -> str:
+def _curves_plot(board: pd.DataFrame, hist: dict) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -157,12 +158,12 @@ def _refit_plot(t: dict) -> str:
     differently from the trial it copies shows here."""
     import matplotlib.pyplot as plt
 
-    trial = pd.DataFrame(t.get("trial_curve", []))
+    trial = pd.DataFrame(t["trial_curve"])
     if trial.empty or "train_loss" not in trial:
         return ""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(trial["epoch"], trial["train_loss"], marker="o", color="black", label=f"trial {t['trial_id']} (train)")
-    for name, rows in t.get("refit_curves", {}).items():
+    for name, rows in t["refit_curves"].items():
         h = pd.DataFrame(rows)
         ax.plot(h["epoch"], h["train_loss"], marker="o", linestyle="--", label=f"{name} (train+val)")
     ax.set_title("training loss: the trial and its refits")
@@ -172,24 +173,24 @@ def _refit_plot(t: dict) -> str:
     return _png(fig)
 
 
-def _asha_plot(table: pd.DataFrame, hist: dict, info: dict, rungs: list[int]) -> str:
+def _asha_plot(table: pd.DataFrame, hist: dict, record: SearchRecord, rungs: list[int]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     colors = {"completed": "tab:green", "stopped": "tab:orange"}
     for _, t in table.iterrows():
         h = hist.get(t["trial_id"])
-        if h is None or info["metric"] not in h:
+        if h is None or record.metric not in h:
             continue
         c = colors.get(t["status"], "tab:red")
-        ax.plot(h["epoch"], h[info["metric"]], color=c, alpha=0.7)
+        ax.plot(h["epoch"], h[record.metric], color=c, alpha=0.7)
         if t["status"] == "stopped":
-            ax.plot(h["epoch"].iloc[-1], h[info["metric"]].iloc[-1], "x", color=c, markersize=9)
+            ax.plot(h["epoch"].iloc[-1], h[record.metric].iloc[-1], "x", color=c, markersize=9)
     for r in rungs:
         ax.axvline(r, color="grey", linestyle=":", linewidth=1)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel(f"epoch ({'dotted: ASHA rungs; ' if rungs else ''}x: stopped there)")
-    ax.set_ylabel(info["metric"])
+    ax.set_ylabel(record.metric)
     ax.set_title("every trial; green completed, orange stopped by ASHA, red failed")
     return _png(fig)
 
@@ -199,10 +200,10 @@ def _log_knobs(searched: dict) -> set[str]:
     return {k for k, d in searched.items() if getattr(d, "log", False)}
 
 
-def _scatter_plots(table: pd.DataFrame, info: dict, searched: dict, knobs: list[str]) -> str:
+def _scatter_plots(table: pd.DataFrame, record: SearchRecord, searched: dict, knobs: list[str]) -> str:
     import matplotlib.pyplot as plt
 
-    col, log_knobs = f"best_{info['metric']}", _log_knobs(searched)
+    col, log_knobs = record.best_column, _log_knobs(searched)
     knobs = [k for k in knobs if k in table][:4]
     if not knobs or col not in table:
         return ""
@@ -214,17 +215,17 @@ def _scatter_plots(table: pd.DataFrame, info: dict, searched: dict, knobs: list[
         if k in log_knobs:
             ax.set_xscale("log")
         ax.set_xlabel(k)
-        ax.set_ylabel(info["metric"])
+        ax.set_ylabel(record.metric)
     fig.tight_layout()
     return _png(fig)
 
 
-def _parallel_plot(table: pd.DataFrame, info: dict, searched: dict, knobs: list[str]) -> str:
+def _parallel_plot(table: pd.DataFrame, record: SearchRecord, searched: dict, knobs: list[str]) -> str:
     """One line per trial across every knob (categorical values at evenly spaced levels),
     coloured by the objective: where good trials pass, the knob matters."""
     import matplotlib.pyplot as plt
 
-    col, log_knobs = f"best_{info['metric']}", _log_knobs(searched)
+    col, log_knobs = record.best_column, _log_knobs(searched)
     done = table[table[col].notna()] if col in table else table.iloc[0:0]
     knobs = [k for k in knobs if k in done]
     if len(knobs) < 2 or done.empty:
@@ -253,15 +254,15 @@ def _parallel_plot(table: pd.DataFrame, info: dict, searched: dict, knobs: list[
     norm = (score - score.min()) / ((score.max() - score.min()) or 1)
     fig, ax = plt.subplots(figsize=(1.6 * len(knobs) + 2, 3.6))
     cmap = plt.get_cmap("viridis")
-    for i in score.sort_values(ascending=info["mode"] == "min").index[::-1]:
-        ax.plot(range(len(knobs)), frame.loc[i].values, color=cmap(norm[i] if info["mode"] == "max" else 1 - norm[i]),
+    for i in score.sort_values(ascending=not record.maximize).index[::-1]:
+        ax.plot(range(len(knobs)), frame.loc[i].values, color=cmap(norm[i] if record.maximize else 1 - norm[i]),
                 alpha=0.8, marker="o", markersize=3)
     for j, k in enumerate(knobs):
         for name, y in levels.get(k, {}).items():
             ax.annotate(name, (j, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
     ax.set_xticks(range(len(knobs)), knobs)
     ax.set_yticks([])
-    ax.set_title(f"parallel coordinates: yellow = best {info['metric']}, purple = worst")
+    ax.set_title(f"parallel coordinates: yellow = best {record.metric}, purple = worst")
     return _png(fig)
 
 
@@ -329,19 +330,9 @@ def _wrong_grid(wrong: list) -> str:
     return _png(fig)
 
 
-def _gpu_hours(info: dict, trial_seconds: float) -> str:
-    gpus = info["gpus_per_trial"]
+def _gpu_hours(record: SearchRecord, trial_seconds: float) -> str:
+    gpus = record.gpus_per_trial
     return f", {gpus * trial_seconds / 3600:.2f} GPU-hours" if gpus else ""
-
-
-def asha_rungs(info: dict) -> list[int]:
-    """The epochs where ASHA decided, from the settings search.json records."""
-    s = info["scheduler"]
-    rungs, r = [], s["grace_period"]
-    while r < s["max_t"]:
-        rungs.append(int(r))
-        r *= s["reduction_factor"]
-    return rungs
 
 
 SECTIONS = ("summary", "leaderboard", "deployment", "curves", "knobs", "best", "test")
@@ -354,62 +345,61 @@ def _section(sid: str, title: str, *body: str) -> str:
     return f"<section id='{sid}'><h2>{SECTIONS.index(sid) + 1}. {title}</h2>{''.join(body)}</section>"
 
 
-def _planned(info: dict, started: int) -> str:
+def _planned(record: SearchRecord, started: int) -> str:
     """'5 trials of 8 planned', or with a time budget '23 trials in a 5-minute budget'."""
-    if info.get("time_s"):
-        cap = f" (at most {info['num_samples']})" if info.get("num_samples") else ""
-        return f"{started} trials in a {say(info['time_s'])} time budget{cap}"
-    return f"{started} trials of {info['num_samples']} planned"
+    if record.time_s:
+        cap = f" (at most {record.num_samples})" if record.num_samples else ""
+        return f"{started} trials in a {say(record.time_s)} time budget{cap}"
+    return f"{started} trials of {record.num_samples} planned"
 
 
 def _summary_section(r: dict) -> str:
-    info, table, data_summary = r["info"], r["table"], r["data"]
+    record, table, data_summary = r["record"], r["table"], r["data"]
     counts, classes = data_summary["counts"], data_summary["classes"]
     epochs_run = int(table["epochs_run"].sum()) if "epochs_run" in table else 0
-    full = len(table) * info["max_epochs"]
+    full = len(table) * record.max_epochs
     wall = sum(float(h["time_total_s"].max()) for h in r["hist"].values() if "time_total_s" in h)
     return _section(
         "summary", "Data, space and budget",
         f"<p>Data: {html.escape(data_summary['root'])}: {data_summary['images']} images, {len(classes)} classes, "
-        f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {info['metric']} ({info['mode']}).</p>",
+        f"imbalance ratio {data_summary['imbalance_ratio']}. Objective: {record.metric} ({record.mode}).</p>",
         _table(pd.DataFrame({"class": classes, **{s: [counts[s][c] for c in classes] for s in counts}})),
-        f"<p>Budget: {_planned(info, len(table))}; {epochs_run} trial-epochs run, "
-        f"against {full} if every trial had run to {info['max_epochs']} epochs: ASHA saved "
+        f"<p>Budget: {_planned(record, len(table))}; {epochs_run} trial-epochs run, "
+        f"against {full} if every trial had run to {record.max_epochs} epochs: ASHA saved "
         f"{full - epochs_run} epochs ({(full - epochs_run) / max(1, full):.0%}). Trial time, summed: "
-        f"{wall / 60:.1f} min{_gpu_hours(info, wall)}. Trials ASHA stopped were told to Optuna as pruned, "
+        f"{wall / 60:.1f} min{_gpu_hours(record, wall)}. Trials ASHA stopped were told to Optuna as pruned, "
         "with every epoch they ran.</p>",
         f"<details><summary>the space searched (space.yaml)</summary>"
         f"<pre>{html.escape(r['space_text'])}</pre></details>")
 
 
 def _leaderboard_section(r: dict) -> str:
-    board, info = r["board"], r["info"]
-    cols = ["trial_id", "status", "epochs_run", r["col"], "best_epoch", *info["knobs"], "error"]
+    board, record = r["board"], r["record"]
+    cols = ["trial_id", "status", "epochs_run", r["col"], "best_epoch", *record.knobs, "error"]
     return _section("leaderboard", "Leaderboard", _table(board[[c for c in cols if c in board]]))
 
 
 COST_AXES = ("latency_ms", "params_m")  # the costs the deployment section plots the first objective against
 
 
-def _feasible(table: pd.DataFrame, info: dict) -> pd.Series:
+def _feasible(table: pd.DataFrame) -> pd.Series:
     """Whether each trial is within the search's limits (every trial when there are none)."""
     if "feasible" not in table:
         return pd.Series(True, index=table.index)
     return table["feasible"].fillna(False).astype(bool)
 
 
-def deployment_settings(table: pd.DataFrame, info: dict) -> str:
+def deployment_settings(table: pd.DataFrame, record: SearchRecord) -> str:
     """The objectives (and which one ASHA stopped trials on) and the constraints with how many
     trials met them, as one paragraph: what the plots and the front below were judged by."""
-    objs = results_folder.objectives(info)
-    said = results_folder.describe_objectives(objs)
-    text = (f"Objective: {said}; ASHA stopped trials on it." if len(objs) == 1 else
-            f"Objectives: {said}, searched together by Optuna's multi-objective TPE; ASHA stopped trials on "
-            f"the first, {objs[0][0]}, alone.")
-    lim = results_folder.limits(info)
+    said = results_folder.describe_objectives(record.objective_pairs)
+    text = (f"Objectives: {said}, searched together by Optuna's multi-objective TPE; ASHA stopped trials on "
+            f"the first, {record.metric}, alone." if record.multi_objective else
+            f"Objective: {said}; ASHA stopped trials on it.")
+    lim = record.limits
     if not lim:
         return f"<p>{html.escape(text)} No constraints: every trained trial is a candidate.</p>"
-    ok = _feasible(table, info)
+    ok = _feasible(table)
     rejected = int((table["status"] == "rejected").sum()) if "status" in table else 0
     text += (f" Constraints: {results_folder.describe_limits(lim)}"
              + f": {int(ok.sum())} trial(s) feasible, {int((~ok).sum())} infeasible, {rejected} of them "
@@ -417,73 +407,73 @@ def deployment_settings(table: pd.DataFrame, info: dict) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def front_against(table: pd.DataFrame, info: dict, cost: str) -> pd.DataFrame:
+def front_against(table: pd.DataFrame, record: SearchRecord, cost: str) -> pd.DataFrame:
     """`results_folder.front` of the first objective against one COST: the same trials (completed,
     feasible) and order as the front `--pick` numbers, for a search that did not have COST among its
     objectives too. Empty when no trial is a candidate."""
-    if results_folder.candidates(table, info).empty:  # front() needs the objective's column
+    if results_folder.candidates(table, record).empty:  # front() needs the objective's column
         return pd.DataFrame()
-    first = results_folder.objectives(info)[0]
-    return results_folder.front(table, {**info, "objectives": [first, (cost, "min")]})
+    return results_folder.front(table, record.against(cost))
 
 
-def deployment_front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+def deployment_front(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
     """The trials worth deploying, best first on the first objective: for a multi-objective search
     its Pareto front (`results_folder.front`), numbered as `analysis.retrain --pick N` takes them;
     for a single objective, the front of it against latency_ms."""
-    columns = results_folder.objective_columns(info)
-    if len(columns) > 1:
-        on = results_folder.front(table, info) if not results_folder.candidates(table, info).empty else pd.DataFrame()
+    columns = record.objective_columns
+    if record.multi_objective:
+        on = (results_folder.front(table, record) if not results_folder.candidates(table, record).empty
+              else pd.DataFrame())
         on.insert(0, "pick", range(1, len(on) + 1))
     else:
-        on = front_against(table, info, "latency_ms")
-    shown = ["pick", "trial_id", *(c for c, _ in columns), *COSTS, *info["knobs"]]
+        on = front_against(table, record, "latency_ms")
+    shown = ["pick", "trial_id", *(c for c, _ in columns), *COSTS, *record.knobs]
     return on[[c for c in dict.fromkeys(shown) if c in on]].reset_index(drop=True)
 
 
-def _front_note(info: dict, shown: pd.DataFrame) -> str:
+def _front_note(record: SearchRecord, shown: pd.DataFrame) -> str:
     """What the front table is, and which of its rows `analysis.retrain` takes."""
     among = "among the completed, feasible trials (one ASHA stopped early is fast and inaccurate, not a trade-off)"
-    if len(results_folder.objectives(info)) > 1:
-        what = (f"The Pareto front of the objectives {among}, best first on {info['metric']}: "
+    if record.multi_objective:
+        what = (f"The Pareto front of the objectives {among}, best first on {record.metric}: "
                 "<code>python -m analysis.retrain RESULTS_DIR --pick N</code> retrains row N.")
     else:
-        what = (f"The front of {info['metric']} against latency_ms {among}, best first. "
-                f"<code>analysis.retrain</code> takes the feasible trial with the best {info['metric']}, usually "
+        what = (f"The front of {record.metric} against latency_ms {among}, best first. "
+                f"<code>analysis.retrain</code> takes the feasible trial with the best {record.metric}, usually "
                 "the first row; to deploy a faster one, search with latency_ms among the objectives "
                 "(<code>--pick</code>) or under search.constraints.")
     return f"<p>{what}{' No completed trial is feasible: nothing to list.' if shown.empty else ''}</p>"
 
 
-def _cost_axes(ax, table: pd.DataFrame, info: dict, cost: str) -> None:
+def _cost_axes(ax, table: pd.DataFrame, record: SearchRecord, cost: str) -> None:
     """One plot of the first objective against COST: trained trials (infeasible ones hollow grey) and
     the 2-D front of the candidates (`front_against`) as a step line, its points emphasised; then the
     search's limits."""
-    col = f"best_{info['metric']}"
+    col = record.best_column
     trained = table[table[col].notna() & table[cost].notna()]
-    ok = _feasible(trained, info)
+    ok = _feasible(trained)
     ax.scatter(trained.loc[ok, cost], trained.loc[ok, col], color="tab:blue", alpha=0.6, label="trained")
     if (~ok).any():
         ax.scatter(trained.loc[~ok, cost], trained.loc[~ok, col], facecolors="none", edgecolors="grey",
                    label="infeasible")
-    on = front_against(trained, info, cost)
+    on = front_against(trained, record, cost)
     if not on.empty:
         on = on.sort_values(cost)
         ax.step(on[cost], on[col], where="post", color="tab:red", linewidth=1)
         ax.scatter(on[cost], on[col], color="tab:red", s=45, zorder=3, label=f"front against {cost} (completed)")
-    shown = _limits_on_axes(ax, table, info, cost)
+    shown = _limits_on_axes(ax, table, record, cost)
     if shown.min() > 0 and shown.max() > 10 * shown.min():
         _log_x(ax)
     ax.set_xlabel(cost)
-    ax.set_ylabel(info["metric"])
+    ax.set_ylabel(record.metric)
     ax.legend(fontsize=7)
 
 
-def _limits_on_axes(ax, table: pd.DataFrame, info: dict, cost: str) -> pd.Series:
+def _limits_on_axes(ax, table: pd.DataFrame, record: SearchRecord, cost: str) -> pd.Series:
     """The search's limits on one cost plot: the limit on COST dashed, the configurations the limits
     kept from training as grey x's along the bottom (they have no score), and the best feasible trial,
     the one `analysis.retrain` takes, starred. Returns the COST figures now on the plot."""
-    col, lim = f"best_{info['metric']}", results_folder.limits(info)
+    col, lim = record.best_column, record.limits
     rejected = table[(table["status"] == "rejected") & table[cost].notna()] if "status" in table else table.iloc[0:0]
     shown = pd.concat([table.loc[table[col].notna(), cost], rejected[cost]]).dropna()
     if cost in lim:
@@ -494,7 +484,7 @@ def _limits_on_axes(ax, table: pd.DataFrame, info: dict, cost: str) -> pd.Series
         ax.scatter(rejected[cost], [0.03] * len(rejected), marker="x", color="grey",
                    transform=ax.get_xaxis_transform(), label="rejected (not trained)")
         ax.update_datalim([(x, 0) for x in rejected[cost]], updatey=False)  # x's out there widen the axis too
-    board = results_folder.candidates(results_folder.leaderboard(table, info), info)
+    board = results_folder.candidates(results_folder.leaderboard(table, record), record)
     if lim and not board.empty and pd.notna(board[cost].iloc[0]):
         best = board.iloc[0]  # what analysis.retrain takes by default: ranked_with_results' first
         ax.scatter([best[cost]], [best[col]], marker="*", s=220, color="gold", edgecolors="black", zorder=4,
@@ -516,64 +506,64 @@ def _log_x(ax) -> None:
         lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
 
 
-def _cost_plots(table: pd.DataFrame, info: dict) -> str:
+def _cost_plots(table: pd.DataFrame, record: SearchRecord) -> str:
     """The first objective against each cost in COST_AXES that some trained trial measured."""
     import matplotlib.pyplot as plt
 
-    col = f"best_{info['metric']}"
+    col = record.best_column
     costs = [c for c in COST_AXES if col in table and c in table and (table[col].notna() & table[c].notna()).any()]
     if not costs:
         return "<p>No trained trial has a footprint figure to plot.</p>"
     fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 3.8), squeeze=False)
     for ax, cost in zip(axes[0], costs):
-        _cost_axes(ax, table, info, cost)
+        _cost_axes(ax, table, record, cost)
     fig.tight_layout()
     return _png(fig)
 
 
 def _final_latency(results_dir: Path) -> str:
     """The final model's batch-1 CPU latency, eager and exported, once `analysis.retrain` measured
-    them (a test result from before it did has neither), and which limits it is over, if any."""
+    them, and which limits it is over, if any."""
     test_file = results_dir / "retrained" / "test_metrics.json"
-    t = json.loads(test_file.read_text()) if test_file.is_file() else {}
-    said = [f"{how} {t[key]:.3g} ms" for how, key in (("eager", "final_latency_ms"),
-                                                        ("exported", "exported_latency_ms"))
-            if isinstance(t.get(key), (int, float))]
-    over = f" Over the search's limits: {t['final_over_limits']}." if t.get("final_over_limits") else ""
-    return f"<p>Final model, batch-1 CPU latency: {', '.join(said)}.{html.escape(over)}</p>" if said else ""
+    if not test_file.is_file():
+        return ""
+    t = json.loads(test_file.read_text())
+    over = f" Over the search's limits: {t['final_over_limits']}." if t["final_over_limits"] else ""
+    return (f"<p>Final model, batch-1 CPU latency: eager {t['final_latency_ms']:.3g} ms, exported "
+            f"{t['exported_latency_ms']:.3g} ms.{html.escape(over)}</p>")
 
 
 def _deployment_section(r: dict) -> str:
     """Accuracy against what the model costs to run (what a deployment chooses on): the settings it
     was searched under, the fronts as plots and a table, the final model's latency once measured."""
-    info, table = r["info"], r["table"]
-    body = [deployment_settings(table, info)]
+    record, table = r["record"], r["table"]
+    body = [deployment_settings(table, record)]
     if not any(c in table and table[c].notna().any() for c in COSTS):
-        body.append("<p>These trials have no footprint figures (latency, size): the search that wrote them "
-                    "did not measure them. Search again to see accuracy against cost.</p>")
+        body.append("<p>These trials have no footprint figures (latency, size): none got as far as measuring "
+                    "its model, so there is nothing to plot against cost.</p>")
     else:
-        shown = deployment_front(table, info)
-        body += [_cost_plots(table, info), _front_note(info, shown), _table(shown) if not shown.empty else ""]
+        shown = deployment_front(table, record)
+        body += [_cost_plots(table, record), _front_note(record, shown), _table(shown) if not shown.empty else ""]
     return _section("deployment", "Deployment: accuracy against cost", *body, _final_latency(r["dir"]))
 
 
 def _curves_section(r: dict) -> str:
-    return _section("curves", "Learning curves and ASHA", _curves_plot(r["board"], r["hist"], r["info"]),
-                    _asha_plot(r["table"], r["hist"], r["info"], asha_rungs(r["info"])))
+    return _section("curves", "Learning curves and ASHA", _curves_plot(r["board"], r["hist"]),
+                    _asha_plot(r["table"], r["hist"], r["record"], r["record"].scheduler.rungs))
 
 
 def _knobs_section(r: dict) -> str:
-    table, info, col = r["table"], r["info"], r["col"]
-    importance = importances(table, info, r["searched"])
-    eff = effects(table, info, importance)
+    table, record, col = r["table"], r["record"], r["col"]
+    importance = importances(table, record, r["searched"])
+    eff = effects(table, record, importance)
     how = (f"Importance: Optuna's PED-ANOVA on the {int(table[col].notna().sum()) if col in table else 0} "
            "trials with a result (rough with few trials)")
     return _section(
         "knobs", "Which knobs mattered",
         f"<p>{how}; effect: how the objective moves with the knob.</p>",
         _table(eff) if not eff.empty else "<p>Too few finished trials to say.</p>",
-        _parallel_plot(table, info, r["searched"], info["knobs"]),
-        _scatter_plots(table, info, r["searched"], list(eff["knob"]) if not eff.empty else []))
+        _parallel_plot(table, record, r["searched"], list(record.knobs)),
+        _scatter_plots(table, record, r["searched"], list(eff["knob"]) if not eff.empty else []))
 
 
 def _best_section(r: dict) -> str:
@@ -591,8 +581,6 @@ def _best_section(r: dict) -> str:
 
 
 def _test_section(r: dict) -> str:
-    from trainables import metrics
-
     test_file = r["dir"] / "retrained" / "test_metrics.json"
     if not test_file.is_file():
         return _section("test", "Held-out test split",
@@ -600,27 +588,25 @@ def _test_section(r: dict) -> str:
                         " and build this report again.</p>")
     t = json.loads(test_file.read_text())
     n = t["test_images"]
-    low, high = t.get("test_acc_ci95") or metrics.wilson_interval(round(t["test_acc"] * n), n)
-    made = ", ".join(f"{m['made_by']} on {m['trained_on']}" for m in t.get("final_members", []))
-    body = [f"<p>Final model ({html.escape(t.get('final_policy', 'refit'))}: {html.escape(made or 'refit')}), "
+    low, high = t["test_acc_ci95"]
+    made = ", ".join(f"{m['made_by']} on {m['trained_on']}" for m in t["final_members"])
+    body = [f"<p>Final model ({html.escape(t['final_policy'])}: {html.escape(made)}), "
             f"tested once on {n} images: accuracy <b>{t['test_acc']:.4f}</b> "
             f"(95% Wilson interval {low:.3f} to {high:.3f}), macro F1 {t['test_macro_f1']:.4f}.</p>",
-            _refit_plot(t)]
-    if "confusion" in t:
-        body += [_confusion_plot(t["confusion"], r["data"]["classes"], "test"),
-                 _table(pd.DataFrame(t["test_per_class"]))]
+            _refit_plot(t), _confusion_plot(t["confusion"], r["data"]["classes"], "test"),
+            _table(pd.DataFrame(t["test_per_class"]))]
     return _section("test", "Held-out test split", *body)
 
 
 def _read(results_dir: Path) -> dict:
     """Everything the sections draw from, read once from the results folder's plain files."""
-    info = results_folder.read_search_info(results_dir)
+    record = results_folder.read_record(results_dir)
     context = results_folder.read_context(results_dir).on_this_machine()
     table = results_folder.trials_table(results_dir)
-    return {"dir": results_dir, "info": info, "context": context, "searched": results_folder.knob_distributions(info),
-            "table": table, "board": results_folder.leaderboard(table, info), "hist": histories(results_dir),
+    return {"dir": results_dir, "record": record, "context": context, "searched": record.searched(),
+            "table": table, "board": results_folder.leaderboard(table, record), "hist": histories(results_dir),
             "data": json.loads((results_dir / "data.json").read_text()),
-            "space_text": (results_dir / "space.yaml").read_text(), "col": f"best_{info['metric']}"}
+            "space_text": (results_dir / "space.yaml").read_text(), "col": record.best_column}
 
 
 def build(results_dir: str | Path, shown: str | None = None) -> Path:
@@ -631,7 +617,7 @@ def build(results_dir: str | Path, shown: str | None = None) -> Path:
     sections = [_summary_section, _leaderboard_section, _deployment_section, _curves_section, _knobs_section,
                 _best_section, _test_section]
     body = "".join(f(r) for f in sections)
-    name = html.escape(r["info"]["name"])
+    name = html.escape(r["record"].name)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title><style>{STYLE}</style>"
             f"</head><body><h1>Search report: {name}</h1>{body}</body></html>")
     out = r["dir"] / "report.html"

@@ -28,6 +28,7 @@ import pandas as pd
 # refit and refit_config: also here, where tests and benches have always imported them from
 from analysis.refits import Plan, estimate_line, plan, refit, refit_config, release, run_refits  # noqa: F401
 from search import remote_results, results_folder
+from search.record import SearchRecord
 from trainables import remote
 
 TEST_FILE = "test_metrics.json"
@@ -36,7 +37,7 @@ TEST_FILE = "test_metrics.json"
 RESEED = 1000  # --top k reruns each candidate with seed + RESEED: a second, independent draw
 
 
-def pick_best(board: pd.DataFrame, info: dict, context) -> pd.Series:
+def pick_best(board: pd.DataFrame, record: SearchRecord, context) -> pd.Series:
     """The best of the leaderboard's trials `board`, judged on two draws: the search's own score and
     a rerun on train with another seed, both on val, so that one lucky run does not decide alone."""
     import dataclasses
@@ -44,7 +45,7 @@ def pick_best(board: pd.DataFrame, info: dict, context) -> pd.Series:
     from trainables.sessions import LocalSession
     from trainables.train_loop import fit
 
-    col = f"best_{info['metric']}"
+    col, metric = record.best_column, record.metric
     if len(board) <= 1:
         return board.iloc[0]
     context = dataclasses.replace(context, limits={})  # judged in the search; this machine may be slower
@@ -54,11 +55,11 @@ def pick_best(board: pd.DataFrame, info: dict, context) -> pd.Series:
         config.update(epochs=int(t["best_epoch"]), seed=int(config.get("seed", 0)) + RESEED)
         session = LocalSession()
         fit(config, context, session)
-        rerun = session.history[-1][info["metric"]]
+        rerun = session.history[-1][metric]
         scores.append((t[col] + rerun) / 2)
-        print(f"candidate {t['trial_id']}: {info['metric']} {t[col]:.4f} in the search, {rerun:.4f} rerun, "
+        print(f"candidate {t['trial_id']}: {metric} {t[col]:.4f} in the search, {rerun:.4f} rerun, "
               f"mean {scores[-1]:.4f}", flush=True)
-    pick = max(range(len(scores)), key=lambda i: scores[i] if info["mode"] == "max" else -scores[i])
+    pick = max(range(len(scores)), key=lambda i: scores[i] if record.maximize else -scores[i])
     return board.iloc[pick]
 
 
@@ -111,20 +112,19 @@ def refits_made(policy: str, refits: int) -> int:
     return 1 if policy == "refit" else refits if policy == "ensemble" else 0
 
 
-def default_policy(info: dict) -> str:
+def default_policy(record: SearchRecord) -> str:
     """The checkpoint alone where the search judged what a model costs (constraints, or costs among
     its objectives): that is the model it measured; else the ensemble."""
-    costs = results_folder.limits(info) or len(results_folder.objectives(info)) > 1
-    return "checkpoint" if costs else "ensemble"
+    return "checkpoint" if record.limits or record.multi_objective else "ensemble"
 
 
-def picked(results_dir: Path, info: dict, pick: int | None, top: int, context) -> pd.Series:
+def picked(results_dir: Path, record: SearchRecord, pick: int | None, top: int, context) -> pd.Series:
     """The trial the final model comes from: the best feasible one (of the TOP rerun, see
     pick_best), or the PICK-th point of the Pareto front."""
-    board = results_folder.ranked_with_results(results_dir, info)
+    board = results_folder.ranked_with_results(results_dir, record)
     if pick is None:
-        return pick_best(board.head(top), info, context)
-    on_front = results_folder.front(board, info)
+        return pick_best(board.head(top), record, context)
+    on_front = results_folder.front(board, record)
     if not 1 <= pick <= len(on_front):
         raise results_folder.ResultsError(f"--pick {pick}: the Pareto front of {results_dir} has {len(on_front)} "
                                           "point(s), numbered from 1 best first on the first objective; "
@@ -145,11 +145,10 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     from trainables.train_loop import evaluate
 
     results_dir = Path(results_dir).resolve()
-    info = results_folder.read_search_info(results_dir)
-    metric = info["metric"]
-    policy = policy or default_policy(info)
+    record = results_folder.read_record(results_dir)
+    policy = policy or default_policy(record)
     context = results_folder.read_context(results_dir).on_this_machine()
-    best = picked(results_dir, info, pick, top, context)
+    best = picked(results_dir, record, pick, top, context)
     config = json.loads((Path(best["trial_dir"]) / "params.json").read_text())
     epochs = int(epochs or best["best_epoch"])
     out = Path(out) if out else results_dir / "retrained"
@@ -178,14 +177,14 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     report = {
         "trial_id": best["trial_id"], "config": config,
         "final_policy": policy, "final_members": recipe,
-        f"search_best_{metric}": float(best[f"best_{metric}"]),
+        record.search_best_key: float(best[record.best_column]),
         "test_images": len(test_items), **test, "test_acc_ci95": [low, high],
         "test_per_class": metrics.per_class(confusion, meta["class_names"]),
         "model_dir": str(model_dir),
         "exported": str(model_dir / checkpoint.EXPORTED),
         "export_max_logit_diff": export.export(model, meta, model_dir, x[:32]),
         "onnx_max_logit_diff": export.export_onnx(model, meta, model_dir, x[:32]),
-        **final_footprint(model, meta, model_dir, results_folder.limits(info)),  # after export: it times the file
+        **final_footprint(model, meta, model_dir, record.limits),  # after export: it times the file
         "refit_curves": curves, "trial_curve": history.to_dict("records"),
         "retrain_seconds": round(time.time() - started, 1),
     }
@@ -237,7 +236,7 @@ def main(argv=None) -> int:
     try:
         results_dir, uri = remote_results.open_results(args.results_dir, sys.stdout)
         out = Path(args.out) if args.out else results_dir / "retrained"
-        results_folder.read_search_info(results_dir)
+        results_folder.read_record(results_dir)  # a folder of another layout is refused here, in one line
         if (out / TEST_FILE).exists() and not args.again:
             report = json.loads((out / TEST_FILE).read_text())
             print(f"already tested (the test split is used once): {out / TEST_FILE}; --again to redo")
@@ -258,19 +257,17 @@ def main(argv=None) -> int:
     print(f"test accuracy {report['test_acc']:.4f} (95% CI {low:.3f}-{high:.3f}) "
           f"on {report['test_images']} held-out images "
           f"(macro F1 {report['test_macro_f1']:.4f}, worst-class recall {report['test_min_recall']:.4f})")
-    made = "; ".join(f"{m['made_by']} on {m['trained_on']}" for m in report.get("final_members", []))
-    print(f"model: {report['model_dir']} ({report.get('final_policy', 'refit')}: {made})")
-    if "final_latency_ms" in report:
-        print(f"cost: {report['final_params_m']:.3g} M parameters, {report['final_model_mb']:.3g} MB; batch-1 latency "
-              f"on one CPU thread {report['final_latency_ms']:.3g} ms eager, {report['exported_latency_ms']:.3g} ms "
-              "exported (torch.export)"
-              + (f"; limit {results_folder.describe_limits(report['limits'])}" if report["limits"] else ""))
-        if report["final_over_limits"]:
-            hint = ("--final checkpoint hands back the one model the search measured"
-                    if report.get("final_policy") != "checkpoint" else
-                    "measured on this machine, or as the exported program, it is slower than the search measured it")
-            print(f"warning: the final model is over the search's constraints ({report['final_over_limits']}); "
-                  + hint)
+    made = "; ".join(f"{m['made_by']} on {m['trained_on']}" for m in report["final_members"])
+    print(f"model: {report['model_dir']} ({report['final_policy']}: {made})")
+    print(f"cost: {report['final_params_m']:.3g} M parameters, {report['final_model_mb']:.3g} MB; batch-1 latency "
+          f"on one CPU thread {report['final_latency_ms']:.3g} ms eager, {report['exported_latency_ms']:.3g} ms "
+          "exported (torch.export)"
+          + (f"; limit {results_folder.describe_limits(report['limits'])}" if report["limits"] else ""))
+    if report["final_over_limits"]:
+        hint = ("--final checkpoint hands back the one model the search measured"
+                if report["final_policy"] != "checkpoint" else
+                "measured on this machine, or as the exported program, it is slower than the search measured it")
+        print(f"warning: the final model is over the search's constraints ({report['final_over_limits']}); " + hint)
     print(f"result: {out / TEST_FILE}" + (f" (uploaded to {uri}/{out.name}/)" if uri and not args.out else ""))
     return 0
 

@@ -1,16 +1,17 @@
 """A search's results folder, as the search writes it and everything after reads it.
 
-The folder's layout and state belong to the search: its `search.json` (written by
-`search.run.write_inputs` before the first trial: metric, mode, objectives, limits, knobs and
-their Optuna distributions, ASHA's settings, the data's split; see `read_search_info`), and Tune's trial
-records, read as plain JSON and CSV by `search.tune_files`, never unpickled. From those, this
-module says where a search stands (`search_state`, for `--resume`), why a trial failed
-(`classify_failure`, also for the live progress lines), and builds the one table of trials
-(`trials_table`, `trials.csv`) and its leaderboard that the search prints at its end and that
-`analysis` ranks, reports and retrains from: with constraints, which trials are feasible
-(`judge`, `candidates`); with several objectives, their Pareto front (`front`, `--pick N`).
-It works offline, with no Ray cluster, so a results folder received from someone else can be
-read safely; only `--resume` loads Tune's pickled state.
+The folder's layout and state belong to the search: its `search.json` (a
+`search.record.SearchRecord`, written by `search.run.write_inputs` before the first trial;
+`read_record` refuses a folder of another layout, or of an older hpo-finetune's with none, as
+a whole: there is one layout to read), and Tune's trial records, read as plain JSON and CSV by
+`search.tune_files`, never unpickled. From those, this module says where a search stands
+(`search_state`, for `--resume`), why a trial failed (`classify_failure`, also for the live
+progress lines), and builds the one table of trials (`trials_table`, `trials.csv`) and its
+leaderboard that the search prints at its end and that `analysis` ranks, reports and retrains
+from: with constraints, which trials are feasible (`judge`, `candidates`); with several
+objectives, their Pareto front (`front`, `--pick N`). It works offline, with no Ray cluster,
+so a results folder received from someone else can be read safely; only `--resume` loads
+Tune's pickled state.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from search import tune_files
-from trainables.context import CONTEXT_FILE, TRAIN_RUNS, TrialContext
+from search.record import RecordVersionError, SearchRecord
+from trainables.context import TRAIN_RUNS, TrialContext
 from trainables.limits import COSTS, FIGURES, describe_over, within
 
 SEARCH_FILE = "search.json"
@@ -32,30 +34,69 @@ class ResultsError(ValueError):
     """The folder is not a search's results folder; the message says what was expected."""
 
 
-def read_search_info(results_dir: str | Path) -> dict:
+def read_record(results_dir: str | Path) -> SearchRecord:
+    """The search's record (its search.json); a folder of another layout is refused in one line."""
     p = Path(results_dir) / SEARCH_FILE
     if not p.is_file():
         raise ResultsError(f"{results_dir}: not a results folder (no {SEARCH_FILE}); give the folder "
                            f"`python -m search.run` printed at the end, e.g. results/finetune")
-    return json.loads(p.read_text())
+    try:
+        return SearchRecord.from_json(p.read_text())
+    except RecordVersionError as e:
+        raise ResultsError(f"{results_dir} was written by {e}; run the search again, into a new folder") from None
+    except ValueError as e:  # not JSON, or not a record: a damaged file
+        raise ResultsError(f"{p}: damaged ({str(e).splitlines()[0]}); run the search again, into a new "
+                           "folder") from None
+
+
+def write_record(results_dir: str | Path, record: SearchRecord) -> Path:
+    """search.json, written last of the search's inputs: a folder that has it has them all."""
+    p = Path(results_dir) / SEARCH_FILE
+    p.write_text(record.to_json())
+    return p
 
 
 _EXC_LINE = re.compile(r"^(?:[\w]+\.)*(\w*(?:Error|Exception|Diverged|Interrupt)): (.*)$")
 _WRAPPERS = {"WorkerGroupError", "TrainingFailedError", "RayTaskError", "TuneError"}
+# Ray's words (ray.exceptions.ActorDiedError) for a trial process gone without an exception of its
+# own: killed (SIGKILL, the system's out-of-memory killer), crashed, or its machine gone
+_ACTOR_DIED = ("The actor died unexpectedly", "The actor is dead because", "The actor died because its node")
+_ACTOR_DIED_ERRORS = {"ActorDiedError", "RayActorError"}  # the same, as an exception line
+_NODE_DIED = "its node has died"
+_PID = re.compile(r"^\s*pid: (\d+)\s*$", re.M)
+
+
+def _exception_lines(text: str) -> list[re.Match]:
+    return [m for m in map(_EXC_LINE.match, (ln.strip() for ln in text.splitlines())) if m]
+
+
+def _process_died(text: str) -> str | None:
+    """Why the trial's process is gone, when TEXT (its last failure) is Ray saying so with no
+    exception raised in the trial (a Train run's wrapper of it aside)."""
+    own = [m for m in _exception_lines(text) if m.group(1) not in _WRAPPERS | _ACTOR_DIED_ERRORS]
+    if own or not any(w in text for w in _ACTOR_DIED):
+        return None
+    if _NODE_DIED in text:
+        return "the trial's node died (its machine went away, or Ray stopped there)"
+    pid = _PID.search(text)
+    return "the trial's process died (killed, or out of memory)" + (f", pid {pid.group(1)}" if pid else "")
 
 
 def classify_failure(text: str, config: dict) -> tuple[str, str]:
     """(status, reason) of a failed trial from its traceback text: 'diverged' or 'error', and why."""
-    found = [m for m in map(_EXC_LINE.match, (ln.strip() for ln in text.splitlines())) if m]
+    found = _exception_lines(text)
     # a Ray Train worker's own exception line, kept whole by trainables.train_loop.WorkerError
     worker = [m.group(2)[:300] for m in found if m.group(1) == "WorkerError"]
     diverged = [m.group(2) for m in found if m.group(1) == "TrialDiverged"]
     diverged += [w.split(": ", 1)[1] for w in worker if w.startswith("TrialDiverged: ")]
     if diverged:
         return "diverged", diverged[-1]
-    if re.search(r"OutOfMemoryError|CUDA out of memory|\bMemoryError\b", text):
+    if re.search(r"OutOfMemoryError|CUDA out of memory|\bMemoryError\b|running low on memory", text):
         return "error", (f"out of memory at batch_size={config.get('batch_size', '?')}, "
                          f"image_size={config.get('image_size', '?')}: lower them or give trials more memory")
+    died = _process_died(text.rsplit("Failure # ", 1)[-1])  # a retried trial's file has one per failure
+    if died:
+        return "error", died
     if worker:
         return "error", worker[-1]
     inner = [m for m in found if m.group(1) not in _WRAPPERS] or found
@@ -99,11 +140,8 @@ def _read_trials(results_dir: Path) -> list[tune_files.TrialRecord]:
 
 
 def read_context(results_dir: str | Path) -> TrialContext:
-    """The TrialContext the search gave its trials (its data, objective and resources)."""
-    if not (Path(results_dir) / CONTEXT_FILE).is_file():
-        raise ResultsError(f"{results_dir}: no {CONTEXT_FILE}; this results folder was written by an earlier "
-                           "version of hpo-finetune, which analysis.retrain, analysis.report and --resume no "
-                           "longer read: run the search again")
+    """The TrialContext the search gave its trials (its data, objective and resources). The search
+    writes it before search.json: a folder `read_record` took has it."""
     return TrialContext.load(results_dir)
 
 
@@ -112,10 +150,10 @@ def search_state(results_dir: str | Path) -> dict | None:
     results_dir = Path(results_dir)
     if not (results_dir / SEARCH_FILE).is_file() or not tune_files.has_state(results_dir):
         return None
-    info = read_search_info(results_dir)
+    record = read_record(results_dir)
     trials = _read_trials(results_dir)
     finished = sum(1 for t in trials if t.status in tune_files.FINISHED)
-    cap = info["num_samples"]  # None: as many as the time budget allowed
+    cap = record.num_samples  # None: as many as the time budget allowed
     done = finished == len(trials) and ((cap is not None and finished >= cap) or read_budget(results_dir).get("ended"))
     return {"finished": finished, "num_samples": cap, "unfinished": not done}
 
@@ -139,8 +177,8 @@ def describe_trials(state: dict) -> str:
 def trials_table(results_dir: str | Path) -> pd.DataFrame:
     """One row per trial: id, status, epochs run, best objective and its epoch and checkpoint, knobs."""
     results_dir = Path(results_dir).resolve()
-    info = read_search_info(results_dir)
-    metric, mode = info["metric"], info["mode"]
+    record = read_record(results_dir)
+    metric = record.metric
     rows = []
     for t in _read_trials(results_dir):
         df = t.reports
@@ -154,7 +192,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                 row["infeasible"] = str(df["infeasible"].dropna().iloc[-1])
         else:
             df = df.sort_values("epoch", kind="stable")
-            best = df[metric].max() if mode == "max" else df[metric].min()
+            best = df[metric].max() if record.maximize else df[metric].min()
             best_i = df.index[df[metric] == best][-1]  # the latest of tied epochs: Ray keeps its checkpoint
             epochs, planned = int(df["epoch"].max()), int(df["epoch_of"].max())
             if failed:
@@ -166,7 +204,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
                 status = "stopped" if epochs < planned and not early else "completed"
             row.update(
                 status=status, epochs_run=epochs, epochs_planned=planned,
-                **{f"best_{metric}": float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
+                **{record.best_column: float(df.loc[best_i, metric]), "best_epoch": int(df.loc[best_i, "epoch"])},
                 checkpoint=_checkpoint_of(df.loc[best_i], str(t.path), results_dir),
                 trial_seconds=float(df["time_total_s"].max()) if "time_total_s" in df else float("nan"),
                 **_footprint(df),
@@ -178,24 +216,7 @@ def trials_table(results_dir: str | Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return judge(table.sort_values("trial_id").reset_index(drop=True), info)
-
-
-def objectives(info: dict) -> list[tuple[str, str]]:
-    """(name, mode) of each objective of the search; the first is the validation metric ASHA used."""
-    return [tuple(o) for o in info.get("objectives") or [(info["metric"], info["mode"])]]
-
-
-def objective_columns(info: dict) -> list[tuple[str, str]]:
-    """Each objective's column in the trials table, and its mode: `best_<metric>` for the first,
-    the model's cost (its own footprint column) for the others."""
-    (first, mode), *costs = objectives(info)
-    return [(f"best_{first}", mode), *costs]
-
-
-def limits(info: dict) -> dict[str, float]:
-    """The search's constraints as figure -> largest allowed value (empty: none)."""
-    return dict(info.get("limits") or {})
+    return judge(table.sort_values("trial_id").reset_index(drop=True), record)
 
 
 def describe_objectives(objs: list[tuple[str, str]]) -> str:
@@ -208,26 +229,26 @@ def describe_limits(lim: dict[str, float]) -> str:
     return ", ".join(f"{name} <= {v:g}" for name, v in lim.items())
 
 
-def judge(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+def judge(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
     """The table with, for a search with constraints, `feasible` (every limited figure measured
     and within its limit) and `infeasible` (which are over); for a multi-objective one, `pareto`
     (on the `front`)."""
-    lim = limits(info)
+    lim = record.limits
     if lim:
         records = table.to_dict("records")
         table["feasible"] = [within(r, lim) for r in records]
         table["infeasible"] = [r.get("infeasible") if isinstance(r.get("infeasible"), str) and r["infeasible"]
                                else describe_over(r, lim) or ("" if ok else "not measured")
                                for r, ok in zip(records, table["feasible"])]
-    if len(objectives(info)) > 1:
+    if record.multi_objective:
         table["pareto"] = False
-        table.loc[front(table, info)["index"], "pareto"] = True
+        table.loc[front(table, record)["index"], "pareto"] = True
     return table
 
 
-def candidates(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+def candidates(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
     """The trials a final model can come from: scored on the first objective, and feasible."""
-    col = f"best_{info['metric']}"
+    col = record.best_column
     if col not in table:
         return table.iloc[0:0]
     kept = table[table[col].notna()]
@@ -248,16 +269,16 @@ def pareto_mask(table: pd.DataFrame, columns: list[tuple[str, str]]) -> pd.Serie
     return pd.Series(on_front, index=values.index[complete], dtype=bool).reindex(table.index, fill_value=False)
 
 
-def front(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+def front(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
     """The Pareto front of the search's objectives among the completed `candidates` (as Optuna's
     own front holds COMPLETE trials only: a trial ASHA stopped after one epoch is fast and
     inaccurate, not a trade-off), best first on the first objective: row N-1 is what
     `analysis.retrain --pick N` takes. Its `index` column is each row's index in TABLE."""
-    kept = candidates(table, info)
+    kept = candidates(table, record)
     if kept.empty:
         return kept.reset_index()
     kept = kept[kept["status"] == "completed"] if "status" in kept else kept
-    columns = objective_columns(info)
+    columns = record.objective_columns
     on = kept[pareto_mask(kept, columns)]
     keys = [c for c, _ in columns] + (["trial_id"] if "trial_id" in on else [])  # ties: the same order always
     return on.sort_values(keys, ascending=[m == "min" for _, m in columns] + [True] * (len(keys) - len(columns)),
@@ -269,15 +290,15 @@ def _footprint(reports: pd.DataFrame) -> dict:
     return {c: float(reports[c].dropna().iloc[-1]) for c in FIGURES if c in reports and reports[c].notna().any()}
 
 
-def leaderboard(table: pd.DataFrame, info: dict) -> pd.DataFrame:
+def leaderboard(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
     """Trials ranked best first by their best objective, feasible ones (under the search's
     constraints) before infeasible ones; trials without results go last."""
-    col = f"best_{info['metric']}"
+    col = record.best_column
     if col not in table:
         return table
     # ties on the objective go to the cheaper model (the one a tie's users would deploy)
     costs = [c for c in ("latency_ms", "params_m") if c in table]
-    board = table.sort_values([col, *costs], ascending=[info["mode"] == "min", *[True] * len(costs)], kind="stable",
+    board = table.sort_values([col, *costs], ascending=[not record.maximize, *[True] * len(costs)], kind="stable",
                               na_position="last")
     if "feasible" in board:  # scored feasible, scored infeasible, then those without a score
         order = board[col].isna() * 2 + ~board["feasible"].astype(bool)
@@ -292,27 +313,26 @@ def write_trials_csv(results_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     return table, out
 
 
-def ranked_with_results(results_dir: str | Path, info: dict) -> pd.DataFrame:
+def ranked_with_results(results_dir: str | Path, record: SearchRecord) -> pd.DataFrame:
     """The leaderboard restricted to trials that reported the objective, best first (never empty)."""
-    board = leaderboard(trials_table(results_dir), info)
-    col = f"best_{info['metric']}"
+    board = leaderboard(trials_table(results_dir), record)
+    col = record.best_column
     trained = col in board and board[col].notna().any()
     rejected = "status" in board and (board["status"] == "rejected").any()
     if not trained and not rejected:
-        raise ResultsError(f"{results_dir}: no trial reported {info['metric']}; nothing to rank or retrain")
-    kept = candidates(board, info)
+        raise ResultsError(f"{results_dir}: no trial reported {record.metric}; nothing to rank or retrain")
+    kept = candidates(board, record)
     if kept.empty:
         raise ResultsError(f"{results_dir}: no trained trial meets the search's constraints "
-                           f"({describe_limits(limits(info))}); see "
+                           f"({describe_limits(record.limits)}); see "
                            "`python -m analysis.rank` for how far over each was, then search again with looser "
                            "search.constraints or smaller models")
     return kept
 
 
-def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
-    metric = info["metric"]
-    knobs = [k for k in info["knobs"] if k in board]
-    cols = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_epoch", *COSTS, "feasible",
+def format_board(board: pd.DataFrame, record: SearchRecord, top: int = 10) -> str:
+    knobs = [k for k in record.knobs if k in board]
+    cols = ["trial_id", "status", "epochs_run", record.best_column, "best_epoch", *COSTS, "feasible",
             "pareto"] + knobs + ["infeasible"]
     cols = [c for c in cols if c in board]
     shown = board[cols].head(top).copy()
@@ -323,23 +343,16 @@ def format_board(board: pd.DataFrame, info: dict, top: int = 10) -> str:
         return shown.to_string(index=False, na_rep="-")
 
 
-def format_front(table: pd.DataFrame, info: dict) -> str:
+def format_front(table: pd.DataFrame, record: SearchRecord) -> str:
     """The Pareto front, numbered as `analysis.retrain --pick N` takes it ('' for one objective)."""
-    if len(objectives(info)) < 2:
+    if not record.multi_objective:
         return ""
-    on = front(table, info)
+    on = front(table, record)
     if on.empty:
         return "Pareto front: no completed trial within the constraints"
-    cols = ["trial_id", *(c for c, _ in objective_columns(info)), *COSTS]
+    cols = ["trial_id", *(c for c, _ in record.objective_columns), *COSTS]
     shown = on[list(dict.fromkeys(c for c in cols if c in on))].copy()
     shown.insert(0, "pick", range(1, len(on) + 1))
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
         return "Pareto front (analysis.retrain --pick N):\n" + shown.to_string(index=False, na_rep="-")
 
-
-def knob_distributions(info: dict) -> dict:
-    """Each searched knob's Optuna distribution, as `search.json` records it (from
-    `search.study.distributions`)."""
-    from optuna.distributions import json_to_distribution
-
-    return {k: json_to_distribution(json.dumps(d)) for k, d in info["distributions"].items()}

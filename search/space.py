@@ -13,6 +13,7 @@ Every error names the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -21,7 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from search.duration import parse_duration
+from search.errors import UserError
 from trainables import limits
+from trainables.context import Resources
 from trainables.params import KNOBS, TrialParams, knob_metadata, nesterov_problem
 
 METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
@@ -31,7 +34,7 @@ OBJECTIVES = {**METRICS, **COSTS}  # each with the direction it is optimised in
 DEFAULT_TRIALS = 8  # num_samples: auto without a time budget
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A problem with a space file; str() is the one line shown to the user."""
 
 
@@ -204,18 +207,6 @@ def _check_objectives(names: list[str]) -> None:
                          "ASHA and the kept checkpoints follow one validation metric, the first")
 
 
-class ResourcesSpec(_Strict):
-    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
-    cpus_per_worker: float = Field(1, gt=0)
-    gpus_per_worker: float = Field(0, ge=0, description="fractions share a GPU, e.g. 0.25")
-    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker for augmentation; 0 = in the "
-                                                     "training process")
-    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU trials)")
-    use_ray_train: bool = Field(False, description="run single-worker trials as a Ray Train TorchTrainer too, as "
-                                                   "multi-worker trials always run (slower: several more processes "
-                                                   "start per trial; bench/README.md)")
-
-
 class CheckpointSpec(_Strict):
     keep: int = Field(2, ge=1, description="best checkpoints kept per trial, by the objective")
 
@@ -241,7 +232,7 @@ class SpaceFile(_Strict):
     name: Optional[str] = None
     data: DataSpec = DataSpec()
     search: SearchSpec = SearchSpec()
-    resources: ResourcesSpec = ResourcesSpec()
+    resources: Resources = Resources()  # trainables.context's own type, validated here
     checkpoint: CheckpointSpec = CheckpointSpec()
     space: dict[str, Any] = {}
 
@@ -258,16 +249,21 @@ MAPPING_KNOBS = ("class_multipliers",)  # a bare mapping is their constant value
 _ENTRY_KEYS = _DIST_KEYS | {"log", "step", "when"}
 
 
+def _fields(model: Any) -> dict:
+    """The fields of a pydantic model, or of a pydantic dataclass (trainables.context.Resources)."""
+    return getattr(model, "model_fields", None) or getattr(model, "__pydantic_fields__", {})
+
+
 def _allowed_at(loc: tuple) -> list[str]:
     """Field names allowed at a pydantic error location (for did-you-mean)."""
     model: Any = SpaceFile
     for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
+        field = _fields(model).get(part)
         if field is None:
             break
         ann = field.annotation
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(getattr(model, "model_fields", {})) if model else []
+        model = ann if isinstance(ann, type) and (issubclass(ann, BaseModel) or dataclasses.is_dataclass(ann)) else None
+    return list(_fields(model)) if model else []
 
 
 # names other tools use for our knobs, so that the hint finds them where spelling does not
@@ -294,7 +290,7 @@ def _format(path: Path, err: ValidationError) -> SpaceError:
     loc = tuple(e["loc"])
     key = ".".join(str(x) for x in loc)
     more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-    if e["type"] == "extra_forbidden":
+    if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's, a pydantic dataclass's
         allowed = [a for a in _allowed_at(loc[:-1]) if a != "knobs"]
         return _fail(path, key, f"unknown key; {_did_you_mean(loc[-1], allowed)}allowed: {', '.join(allowed)}{more}")
     got = e.get("input")

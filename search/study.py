@@ -41,18 +41,19 @@ def storage_label(exp_dir: str | Path, url: str | None = None) -> str:
     return make_url(absolute_url(url)).render_as_string(hide_password=True)
 
 
-def uses_rdb(info: dict) -> bool:
-    return "://" in (info.get("study_storage") or "")
+def uses_rdb(label: str) -> bool:
+    """Whether a study's storage LABEL (`storage_label`, as search.json records it) names an RDB."""
+    return "://" in label
 
 
-def load(exp_dir: str | Path, info: dict, url: str | None = None):
-    """The study of a search's results folder: its journal, or the RDB at URL. (The URL recorded
-    in search.json has no password, and a folder received from someone else could name any
-    database: callers pass the URL they trust.)"""
+def load(exp_dir: str | Path, name: str, url: str | None = None):
+    """The study NAME (the search's) of a results folder: its journal, or the RDB at URL. (The URL
+    recorded in search.json has no password, and a folder received from someone else could name
+    any database: callers pass the URL they trust.)"""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=info["name"], storage=storage(exp_dir, url))
+    return optuna.load_study(study_name=name, storage=storage(exp_dir, url))
 
 
 def distributions(spec) -> dict:

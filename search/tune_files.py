@@ -87,8 +87,8 @@ def read_reports(trial_dir: Path) -> pd.DataFrame:
 
 
 def read_config(trial_dir: Path, fallback) -> dict:
-    """A trial's hyperparameters (an earlier version also kept the search's context there, under
-    "run": left out)."""
+    """A trial's hyperparameters: its params.json, else (none, or a damaged one) FALLBACK, the
+    config Tune's experiment state holds."""
     config = fallback if isinstance(fallback, dict) else {}
     p = trial_dir / PARAMS_FILE
     if p.is_file():
@@ -96,7 +96,7 @@ def read_config(trial_dir: Path, fallback) -> dict:
             config = json.loads(p.read_text())
         except json.JSONDecodeError:
             pass
-    return {k: v for k, v in config.items() if k != "run"}
+    return config
 
 
 def read_trials(results_dir: str | Path) -> list[TrialRecord]:

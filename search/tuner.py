@@ -18,7 +18,8 @@ import math
 
 from search.optuna_space import YamlSpace
 from search.space import SpaceFile
-from trainables.context import Resources, TrialContext
+from trainables import remote
+from trainables.context import TrialContext
 
 DRIVER_TOKEN = "trial_driver"
 AUTOSCALE_CAP = 64  # trials at once on a cluster still scaling up, when the time budget bounds the trials
@@ -53,13 +54,9 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def resources(spec: SpaceFile) -> Resources:
-    return Resources(**spec.resources.model_dump())
-
-
 def uses_ray_train(spec: SpaceFile) -> bool:
     """Whether this search's trials fit a TorchTrainer (else each trains in its own Tune actor)."""
-    return resources(spec).ray_train
+    return spec.resources.ray_train
 
 
 def trainable(context: TrialContext):
@@ -79,8 +76,12 @@ def restore(exp_dir, context: TrialContext):
     """Tune restores the searcher (Optuna's past trials), the scheduler and every trial's state."""
     from ray import tune
 
-    return tune.Tuner.restore(str(exp_dir), trainable=trainable(context), resume_unfinished=True,
-                              resume_errored=False)
+    from trainables.ray_internals import save_stopped_trial_state
+
+    save_stopped_trial_state()  # a trial whose process died is saved as ERROR (Ray 2.60 left it RUNNING)
+    path, filesystem = remote.ray_storage(str(exp_dir))
+    return tune.Tuner.restore(path, trainable=trainable(context), resume_unfinished=True,
+                              resume_errored=False, storage_filesystem=filesystem)
 
 
 def yaml_space(spec: SpaceFile) -> YamlSpace:
@@ -123,7 +124,9 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
     from ray.tune.schedulers import ASHAScheduler
 
     from search import budget
+    from trainables.ray_internals import save_stopped_trial_state
 
+    save_stopped_trial_state()  # a trial whose process died is saved as ERROR (Ray 2.60 left it RUNNING)
     s = spec.search
     scheduler = ASHAScheduler(
         time_attr="epoch",
@@ -132,6 +135,7 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
         reduction_factor=s.scheduler.reduction_factor,
     )
     in_actor = trial is not None or not context.resources.ray_train
+    storage_path, storage_filesystem = remote.ray_storage(storage)
     return tune.Tuner(
         trial or trainable(context),
         tune_config=tune.TuneConfig(
@@ -146,7 +150,8 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             verbose=0,
             callbacks=list(callbacks),
             stop=budget.BudgetStopper(s.scheduler.grace_period) if s.time else None,

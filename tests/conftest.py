@@ -119,9 +119,10 @@ def folder(tmp_path):
 def trial_context(index, split_file: Path, spec=None):
     """The TrialContext a search of SPEC (default: an empty space) would give its trials, as
     search.run builds it, for a split of INDEX saved at SPLIT_FILE."""
-    from search import run, space
+    from search import launch, space
 
-    return run.trial_context(spec or space.SpaceFile(), index.root, index.classes, split_file, Path(split_file).parent)
+    return launch.trial_context(spec or space.SpaceFile(), index.root, index.classes, split_file,
+                                Path(split_file).parent)
 
 
 def write_space(path: Path, text: str) -> Path:
@@ -200,3 +201,88 @@ def require_extra(module: str):
     if os.environ.get("HPO_TEST_REQUIRE_EXTRAS"):
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def wait_until(check, timeout: float, what, interval: float = 0.2):
+    """Poll CHECK() until it returns something truthy, and return that; fail the test with WHAT
+    (a string, or a function that says it then) if TIMEOUT seconds pass first. A wait on a
+    state, never a sleep that hopes the state has come."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.time() > deadline:
+            pytest.fail(f"{what() if callable(what) else what} (waited {timeout:g} s)")
+        time.sleep(interval)
+
+
+def alive_pids(pids) -> list[int]:
+    """The PIDS that still run (zombies do not)."""
+    return [p for p in pids if _alive(p)]
+
+
+def stop_group(pgid: int, timeout: float = 60) -> None:
+    """SIGKILL a process group and its descendants, by PID, again and again until no live process
+    is left in the group: a process it forked while the first kill ran (a Ray agent) goes too."""
+    wait_until(lambda: kill_group(pgid, wait_s=timeout) or not group_pids(pgid), timeout,
+               lambda: f"processes of group {pgid} outlived SIGKILL: {group_pids(pgid)}")
+
+
+def session_ray_processes() -> set[int]:
+    """The Ray processes (raylet, GCS, workers, agents) this test session started that still run."""
+    return _ray_processes()
+
+
+def tune_snapshot(names, read) -> dict[str, dict] | None:
+    """Tune's newest experiment snapshot in a results folder or bucket, if it is whole: {trial
+    folder: {"id", "status", "last" (its last report)}}; None while it is not. NAMES are the
+    folder's file names, READ(name) a file's bytes.
+
+    Tune saves a snapshot as several files (the trial list, then its searcher's state) and copies
+    them to storage one by one, while its next save may already rewrite them: for a moment storage
+    can hold a trial list newer than its searcher. A driver killed then leaves a --resume that
+    never starts the trials left (the searcher's concurrency limiter still counts finished trials
+    as running). Whole: the searcher has made every listed trial (its counter, Optuna's trials)
+    and counts exactly the unfinished ones as running."""
+    import fnmatch
+    import json
+    import pickle
+
+    from trainables.ray_internals import LAST_RESULT, STATE_GLOB
+
+    def newest(pattern):
+        found = sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+        return found[-1] if found else None
+
+    files = [newest(p) for p in (STATE_GLOB, "search_gen_state-*.json", "searcher-state-*.pkl")]
+    if None in files:
+        return None
+    try:
+        state = json.loads(read(files[0]))
+        generator, searcher = pickle.loads(read(files[1])), pickle.loads(read(files[2]))
+    except Exception:  # a file being written
+        return None
+    trials = {}
+    for entry in state.get("trial_data", []):
+        trial, meta = json.loads(entry[0]), json.loads(entry[1])
+        last = meta.get(LAST_RESULT) or {}
+        trials[trial.get("relative_logdir") or f"trial_{trial['trial_id']}"] = {
+            "id": trial["trial_id"], "status": trial.get("status"),
+            "last": json.loads(last) if isinstance(last, str) else last}
+    made = {t["id"] for t in trials.values()}
+    unfinished = {t["id"] for t in trials.values() if t["status"] not in ("TERMINATED", "ERROR")}
+    running = generator.get("name:ConcurrencyLimiter", {}).get("live_trials", unfinished)
+    whole = generator.get("counter") == len(made) and set(searcher.get("_ot_trials", {})) == made \
+        and set(running) == unfinished
+    return trials if whole else None
+
+
+def folder_snapshot(folder) -> dict[str, dict] | None:
+    """`tune_snapshot` of a results folder on this machine."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return tune_snapshot([p.name for p in folder.iterdir()], lambda name: (folder / name).read_bytes())

@@ -69,7 +69,7 @@ def rank_front(results_dir) -> str:
 
 
 def _study(results_dir):
-    return study_mod.load(results_dir, results_folder.read_search_info(results_dir))
+    return study_mod.load(results_dir, results_folder.read_record(results_dir).name)
 
 
 @pytest.mark.timeout(600)
@@ -102,7 +102,7 @@ def test_the_study_has_two_objectives_and_the_front_is_its_own(searched):
     for trial_id, t in completed.items():  # its best val_acc and its model's size
         row = table.set_index("trial_id").loc[trial_id]
         assert t.values == pytest.approx([row["best_val_acc"], row["params_m"]])
-    front = results_folder.front(table, {**results_folder.read_search_info(results_dir)})
+    front = results_folder.front(table, results_folder.read_record(results_dir))
     optuna_front = {t.user_attrs["trial_id"] for t in study.best_trials}
     assert optuna_front and set(front["trial_id"]) == optuna_front  # the same front as Optuna's own (all feasible here)
     assert list(front["best_val_acc"]) == sorted(front["best_val_acc"], reverse=True)
@@ -118,8 +118,8 @@ def test_rank_marks_feasibility_and_the_front(searched, capsys):
     assert "feasible" in header and "pareto" in header and "params_m" in header
     rows = [line.split() for line in out.splitlines() if line.split()[1:2] == ["rejected"]]
     assert rows and all("NO" in r for r in rows)
-    board = results_folder.leaderboard(results_folder.trials_table(results_dir), results_folder.read_search_info(
-        results_dir))
+    board = results_folder.leaderboard(results_folder.trials_table(results_dir),
+                                       results_folder.read_record(results_dir))
     feasible = list(board["feasible"])
     assert feasible == sorted(feasible, reverse=True)  # every feasible trial before every infeasible one
 
@@ -127,8 +127,7 @@ def test_rank_marks_feasibility_and_the_front(searched, capsys):
 @pytest.mark.timeout(900)
 def test_retrain_takes_a_feasible_point_of_the_front_and_measures_the_export(searched, tmp_path, capsys):
     results_dir, _ = searched
-    info = results_folder.read_search_info(results_dir)
-    front = results_folder.front(results_folder.trials_table(results_dir), info)
+    front = results_folder.front(results_folder.trials_table(results_dir), results_folder.read_record(results_dir))
     n = len(front)
     assert retrain.main([str(results_dir), "--pick", str(n), "--out", str(tmp_path / "final")]) == 0
     out = capsys.readouterr().out

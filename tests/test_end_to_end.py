@@ -1,4 +1,4 @@
-"""A real search, small: real Ray cluster, Optuna TPE, ASHA, Ray Train workers, embedded images.
+"""A real search, small: real Ray cluster, Optuna TPE, ASHA, trials in reused Tune actors, embedded images.
 
 It runs the shipped spaces/smoke.yaml: three `cnn` trials on 16 px images, one at a time so
 that ASHA's decision is certain: the first (a good learning rate) sets the rung-1 cutoff, the
@@ -16,7 +16,6 @@ import pickle
 import re
 import shutil
 import subprocess
-import time
 
 import optuna
 import pandas as pd
@@ -28,16 +27,17 @@ from analysis import predict, rank, retrain
 from analysis import report as analysis_report
 from search import run, tune_files
 from search import study as study_mod
-from tests.conftest import ROOT
+from tests.conftest import ROOT, alive_pids, wait_until
 from trainables import checkpoint, data, inference
 from trainables.context import TrialContext
 from trainables.params import TrialParams
 
 
-def _alive_train_workers() -> int:
-    from ray.util.state import list_actors
-
-    return sum(1 for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker")
+def _trial_processes(exp) -> set[int]:
+    """The processes the search's trials ran in: each report names its worker's PID (here, the
+    reused Tune actors single-worker trials train in)."""
+    reports = [tune_files.read_reports(d) for d in exp.glob("trial_*")]
+    return {int(pid) for r in reports if "worker_pid" in r for pid in r["worker_pid"].dropna()}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,13 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     exp, out = searched
     assert "stopped by ASHA after epoch 1/3" in out and f"results: {exp}" in out
 
-    # No Train worker outlives its trial, ASHA-stopped ones included: every CPU comes back.
-    deadline = time.time() + 60
-    while time.time() < deadline and (ray.available_resources().get("CPU", 0) < 2 or _alive_train_workers()):
-        time.sleep(1)
-    assert ray.available_resources().get("CPU", 0) == 2 and _alive_train_workers() == 0
+    # No process a trial ran in outlives the search, ASHA-stopped trials included: each is gone,
+    # by PID, and every CPU comes back (Ray's worker may take a moment to exit once Tune stops it).
+    pids = _trial_processes(exp)
+    assert pids, "no report named its worker's PID"
+    wait_until(lambda: not alive_pids(pids) and ray.available_resources().get("CPU", 0) == 2, 60,
+               lambda: f"trial processes still running: {alive_pids(pids)}; CPUs free: "
+                       f"{ray.available_resources().get('CPU', 0)} of 2")
 
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped"}
@@ -268,19 +270,25 @@ def test_analysis_never_unpickles_a_received_results_folder(searched, tmp_path, 
 
 
 @pytest.mark.timeout(120)
-def test_a_results_folder_without_its_context_is_one_line(searched, tmp_path, capsys):
-    """A folder an earlier version wrote (no context.json): ranked as before; report, retrain
-    and --resume say why they cannot read it, in one line, before Ray starts."""
+def test_a_results_folder_of_an_older_version_is_refused_in_one_line(searched, tmp_path, capsys):
+    """A folder an older hpo-finetune wrote (no schema_version in search.json): rank, report,
+    retrain, --resume and a new search over it each refuse it whole, in one line, before Ray
+    starts; and one of a newer layout too."""
     exp = tmp_path / "old" / "e2e"
     shutil.copytree(searched[0], exp, ignore=shutil.ignore_patterns("retrained", "report.html"))
-    (exp / "context.json").unlink()
-    assert rank.main([str(exp)]) == 0
-    capsys.readouterr()
-    commands = [lambda: analysis_report.main([str(exp)]),
+    record = json.loads((exp / "search.json").read_text())
+    (exp / "search.json").write_text(json.dumps({k: v for k, v in record.items() if k != "schema_version"}))
+    search = [str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e"]
+    commands = [lambda: rank.main([str(exp)]), lambda: analysis_report.main([str(exp)]),
                 lambda: retrain.main([str(exp), "--out", str(tmp_path / "final")]),
-                lambda: run.main([str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e",
-                                  "--resume"])]
+                lambda: run.main([*search, "--resume"]), lambda: run.main(search)]
     for command in commands:
         assert command() == 2
-        [line] = capsys.readouterr().err.strip().splitlines()
-        assert "no context.json" in line and "earlier version" in line, line
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {exp} was written by an older hpo-finetune (no schema_version in search.json); "
+            "run the search again, into a new folder"]
+    (exp / "search.json").write_text(json.dumps({**record, "schema_version": 0}))
+    assert run.main([*search, "--resume"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {exp} was written by another hpo-finetune (schema_version 0 in search.json")
+    assert not (tmp_path / "final").exists()  # refused before anything was made

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from search import results_folder, run
 from tests.conftest import require_extra, write_space
@@ -69,6 +70,36 @@ def test_wrapped_errors_report_the_inner_exception():
     text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n"
             "  File x\nValueError: bad shape (3, 4)\n")
     assert results_folder.classify_failure(text, {}) == ("error", "ValueError: bad shape (3, 4)")
+
+
+# Ray 2.60's error.txt of a trial whose process was SIGKILLed (tests/test_chaos.py kills them)
+KILLED = ("Failure # {n} (occurred at 2026-12-02_17-16-20)\n"
+          "The actor died unexpectedly before finishing this task.\n\tclass_name: ImplicitFunc\n"
+          "\tactor_id: 80acbb0934e6e301856c8d6f01000000\n\tpid: 16625\n\tnamespace: 7661fe75\n\tip: 192.0.2.2\n"
+          "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+          "detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes "
+          "include: (1) the process was killed by the OOM killer due to high memory usage, (2) ray stop --force "
+          "was called, or (3) the worker crashed unexpectedly due to SIGSEGV or another unexpected error.\n")
+
+
+@pytest.mark.timeout(60)
+def test_a_trial_whose_process_died_says_so_in_one_line():
+    died = ("error", "the trial's process died (killed, or out of memory), pid 16625")
+    assert results_folder.classify_failure(KILLED.format(n=1), {}) == died
+    # retried, then killed again: the last failure is the cause
+    earlier = "Failure # 1 (occurred at x)\nTraceback...\nValueError: bad shape (3, 4)\n"
+    assert results_folder.classify_failure(earlier + KILLED.format(n=2), {}) == died
+    node = KILLED.format(n=1).split("The actor is dead")[0] + "The actor died because its node has died. Node Id: a9\n"
+    assert results_folder.classify_failure(node, {})[1].startswith("the trial's node died")
+    # Ray's memory monitor killed it: the sizes to lower, as for any out-of-memory error
+    oom = KILLED.format(n=1) + "Task was killed due to the node running low on memory.\n"
+    assert results_folder.classify_failure(oom, {"batch_size": 64, "image_size": 96})[1].startswith(
+        "out of memory at batch_size=64, image_size=96")
+    # the actor died of an exception of its own (here, its class failed to import): that exception
+    failed = KILLED.format(n=1) + ("Traceback (most recent call last):\n  File x\n"
+                                   "RuntimeError: The actor with name ImplicitFunc failed to import on the worker\n")
+    assert results_folder.classify_failure(failed, {}) == (
+        "error", "RuntimeError: The actor with name ImplicitFunc failed to import on the worker")
 
 
 def test_when_every_trial_fails_the_command_exits_nonzero_with_the_reason(ray_cluster, tmp_path, capsys):

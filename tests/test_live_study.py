@@ -17,7 +17,7 @@ SMOKE = str(ROOT / "spaces" / "smoke.yaml")
 
 def _running_with_epochs(exp) -> list:
     try:
-        study = study_mod.load(exp, {"name": "live"})
+        study = study_mod.load(exp, "live")
     except Exception:  # no study yet
         return []
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING and t.intermediate_values]
@@ -52,7 +52,7 @@ def test_another_process_sees_a_running_trial_and_its_epochs(live_search):
     exp, seen = live_search
     assert seen, "no RUNNING trial with an epoch reported was seen while the search ran"
     assert seen[0].user_attrs["trial_id"] and min(seen[0].intermediate_values) == 1
-    done = study_mod.load(exp, {"name": "live"}).trials  # afterwards, as optuna.load_study reads it
+    done = study_mod.load(exp, "live").trials  # afterwards, as optuna.load_study reads it
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == list(range(1, 9)) for t in done)
 
@@ -67,7 +67,7 @@ def test_warm_start_seeds_the_sampler_with_an_earlier_searchs_trials(live_search
     assert second.returncode == 0, second.stderr
     assert (f"warm start: 1 finished trials of {first} seed the sampler; knobs left out (not in this space, or out "
             "of its range): lr") in second.stdout
-    study = study_mod.load(tmp_path / "second", {"name": "second"})
+    study = study_mod.load(tmp_path / "second", "second")
     [seeded] = [t for t in study.trials if "warm_start_from" in t.user_attrs]
     assert seeded.params == {"lr": 0.003} and seeded.state == TrialState.COMPLETE and len(study.trials) == 2
     assert sorted(seeded.intermediate_values) == list(range(1, 9))

@@ -6,6 +6,10 @@ from its checkpoint in the bucket on the surviving node; the driver is then kill
 `--resume` finishes the search; `analysis.rank`, `report` and `retrain` run on the bucket's
 results from a third cache, as from a laptop.
 
+Nothing here hopes the machine is slow or fast: the trials wait at gates the test opens
+(files in HPO_TEST_HOLD_DIR, see trainables/train_loop._test_hold), so the search is still
+running when its driver is killed by construction, and each step waits on the state it needs.
+
 Every process the test starts (the S3 server, the Ray nodes, the searches) runs in a process
 group of its own, killed by PID at the end.
 """
@@ -25,16 +29,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, group_pids, kill_group
+from tests.conftest import ROOT, group_pids, kill_group, tune_snapshot
 from tests.s3_server import s3_server, upload_folder
 from trainables import ray_internals
+from trainables.train_loop import TEST_HOLD_DIR
 
 RAY = str(Path(sys.executable).parent / "ray")
 # as on a real cluster: token authentication, the same token (~/.ray/auth_token) on every node
 ENV = dict(os.environ, RAY_AUTH_MODE="token")
-# Long enough that the trial seen at epoch 2 on the worker node is still running when the node is
-# killed, although results reach the test through the Train controller and the Tune driver.
-EPOCHS = 10
+EPOCHS = 4
+# The gates (trainables/train_loop._test_hold): a trial waits before epoch N while HOLD_DIR/epoch-N
+# exists. LAST: no trial can finish; FIRST: no new trial can train (a restored one starts later).
+LAST, FIRST = f"epoch-{EPOCHS}", "epoch-1"
 
 
 def _ports(n: int) -> list[int]:
@@ -82,7 +88,9 @@ def bucket(tmp_path, animal_root):
 def two_nodes(tmp_path, bucket):
     """Head and worker node, each with its own cache (HPO_CACHE_DIR) and the bucket's address and
     credentials in its environment, as an instance profile gives them on a cloud."""
-    env = dict(bucket["env"], RAY_AUTH_MODE="token")
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = dict(bucket["env"], RAY_AUTH_MODE="token", **{TEST_HOLD_DIR: str(hold)})  # the trials' gates
     envs = {node: dict(env, HPO_CACHE_DIR=str(tmp_path / f"{node}-cache")) for node in ("head", "node_b")}
     subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=ENV, timeout=60)
     gcs, dash, client, *agent = _ports(11)
@@ -126,15 +134,40 @@ def _node_ids(address: str) -> dict[str, str]:
 STAGING = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
 
 
-def _wait_rows(search, ray_tmp: str, found, what: str, timeout: float = 300):
-    """Poll the staging rows until FOUND(rows) gives something; fail with WHAT if it never does."""
+def _wait(search, found, what: str, timeout: float = 300):
+    """Poll FOUND() while the search runs until it gives something; fail with WHAT if it never does."""
     deadline = time.time() + timeout
     while time.time() < deadline and search.poll() is None:
-        hit = found(_rows(Path(ray_tmp), STAGING))
+        hit = found()
         if hit:
             return hit
-        time.sleep(0.5)
-    pytest.fail(f"{what} (search exit code {search.poll()})")
+        time.sleep(0.2)
+    pytest.fail(f"{what} (search exit code {search.poll()}, waited up to {timeout:g} s)")
+
+
+def _wait_rows(search, ray_tmp: str, found, what: str, timeout: float = 300):
+    """Poll the staging rows until FOUND(rows) gives something; fail with WHAT if it never does."""
+    return _wait(search, lambda: found(_rows(Path(ray_tmp), STAGING)), what, timeout)
+
+
+def _failed_over(ray_tmp: str, trial: str) -> bool:
+    """Whether the Tune driver has handled TRIAL's failure (Trial.handle_error writes its error.txt,
+    then the trial is PENDING again, first in line: Tune's FIFO choose_trial_to_run)."""
+    return any(Path(ray_tmp).glob(f"{STAGING[:-len('trial_*')]}{trial}/{ray_internals.ERROR_FILE}"))
+
+
+def _bucket_snapshot(bucket) -> dict[str, dict] | None:
+    """Tune's newest snapshot in the bucket, once it is whole (`tests.conftest.tune_snapshot`)."""
+    prefix = "results/multi/"
+    return tune_snapshot(sorted(_bucket_keys(bucket, prefix)), lambda name: _bucket_file(bucket, prefix + name))
+
+
+def _saved_after_failover(bucket, lost: str, head: str) -> bool:
+    """Whether the bucket holds a whole snapshot in which LOST finished on the HEAD node and all
+    4 trials are made: the last that changes, the rest waiting at the FIRST gate."""
+    saved = _bucket_snapshot(bucket) or {}
+    trial = saved.get(lost, {})
+    return len(saved) == 4 and trial.get("status") == "TERMINATED" and trial["last"].get("node_id") == head
 
 
 def _bucket_file(bucket, key: str) -> bytes:
@@ -162,6 +195,7 @@ def _cli(module: str, args: list[str], env: dict, log: Path, timeout: float) -> 
 @pytest.mark.timeout(900)
 def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_path):
     address, groups, ray_tmp, envs = two_nodes
+    hold = Path(envs["head"][TEST_HOLD_DIR])
     nodes = _node_ids(address)
     # the search's Train settings reach processes `ray start` launched, which do not inherit its environment
     assert nodes.pop("poll_on_b") == ray_internals.TRAIN_POLL[1]
@@ -174,27 +208,43 @@ def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_pat
            "--set", f"search.scheduler.grace_period={EPOCHS}", "--set", f"space.epochs={EPOCHS}",
            "--set", f"search.scheduler.max_t={EPOCHS}", "--set", "space.lr=0.003",
            "--set", "data.limit_per_class=null", "--set", "space.image_size=64"]
+    (hold / LAST).touch()  # before the search starts: no trial can finish until the test says so
     log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
     search = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=envs["head"],
                               start_new_session=True)
     try:
+        # The two first trials (one per node: each holds the CPU of one) are past their first
+        # epoch; neither can finish, so no third has started. From now on no new trial trains.
+        _wait_rows(search, ray_tmp, lambda rows: sum(1 for rs in rows.values() if rs) >= 2,
+                   "two trials never reported an epoch")
+        (hold / FIRST).touch()
         lost = _wait_rows(search, ray_tmp, lambda rows: next(
             (t for t, rs in rows.items() if any(r.get("node_id") == nodes["node_b"] and r["epoch"] >= 2 for r in rs)),
             None), "no trial reached epoch 2 on the worker node")
         kill_group(groups[1])  # the worker node dies: its raylet and the trial on it
         before = max(r["epoch"] for r in _rows(Path(ray_tmp), STAGING)[lost] if r["node_id"] == nodes["node_b"])
+        # Once Tune has failed the lost trial over, the head's trial may finish: the lost trial,
+        # PENDING before any new one, gets the head's CPU next.
+        _wait(search, lambda: _failed_over(ray_tmp, lost), f"Tune never failed {lost} over after its node died")
+        (hold / LAST).unlink()
         # the lost trial goes on on the head, from its last checkpoint in the bucket (not from epoch 1)
         after = _wait_rows(search, ray_tmp, lambda rows: [r for r in rows.get(lost, [])
                                                           if r.get("node_id") == nodes["head"]],
                            f"{lost} never continued on the head node")
         assert before < EPOCHS and 1 < after[0]["epoch"] <= before + 1, (before, after[0]["epoch"])
-        time.sleep(12)  # Tune saves its state to the bucket every ~10 s: the continued trial is in it
+        # Tune's state in the bucket (saved every ~10 s) has the lost trial finished on the head,
+        # whole: what --resume reads does not change after this (the other trials wait at FIRST)
+        _wait(search, lambda: _saved_after_failover(bucket, lost, nodes["head"]),
+              f"the bucket never held a whole snapshot with {lost} finished on the head node")
+        # by construction: the trials after the first two wait at the FIRST gate
         assert search.poll() is None, "the search ended before its driver could be killed"
         kill_group(search.pid)  # the driver dies (SIGKILL) with trials left to run
     finally:
         kill_group(search.pid)  # by PID, also when the test fails before the search ends
         search.wait(timeout=60)
         log.close()
+        for gate in hold.iterdir():  # the resumed search runs without gates
+            gate.unlink()
     first = (tmp_path / "search.log").read_text()
     assert "copying 600 images from s3://hpo/images/" in first, first
 

@@ -22,10 +22,20 @@ def test_every_hook_the_project_relies_on_is_in_the_installed_ray():
 def test_a_removed_hook_is_reported_by_name(monkeypatch):
     """What an upgrade that drops a hook looks like: each one removed here is named."""
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.search.optuna import OptunaSearch
 
     monkeypatch.delattr(DataParallelTrainer, "_create_default_callbacks")
+    monkeypatch.delattr(Trial, "error_file")
+
+    def stop_that_marks_first(self, trial, exception=None):  # a Ray that fixed what the patch is for
+        self._mark_trial_to_checkpoint(trial)
+        if trial not in self._trial_to_actor:
+            return
+
+    monkeypatch.setattr(TuneController, "_schedule_trial_stop", stop_that_marks_first)
 
     def init_without_the_queue(self):
         self.queue = None
@@ -42,7 +52,53 @@ def test_a_removed_hook_is_reported_by_name(monkeypatch):
         "DataParallelTrainer._create_default_callbacks adds a DatasetsCallback",
         "TuneReportCallback._training_actor_item_queue",
         "OptunaSearch._ot_trials, _ot_study, _completed_trials",
+        "Trial.local_path, .storage (storage_filesystem, trial_fs_path), .error_file",
+        "TuneController._schedule_trial_stop returns before marking a trial with no actor",
     ]
+
+
+def _dies_once_its_report_is_saved():
+    """A Tune trial function that reports once, waits until Tune's saved experiment state (in the
+    results folder) holds that report, then kills its own process, as the out-of-memory killer
+    would. (Made here, so that Ray ships it by value: trial processes cannot import this module.)"""
+
+    def trial(config):
+        import os
+        import signal
+        import time
+        import uuid
+        from pathlib import Path
+
+        from ray import tune
+
+        token = uuid.uuid4().hex
+        tune.report({"token": token})
+        deadline = time.time() + 120  # Tune saves its state every 10 s or so; the test's timeout is the guard
+        while time.time() < deadline and not any(token in p.read_text()
+                                                 for p in Path(config["exp"]).glob(config["glob"])):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return trial
+
+
+@pytest.mark.timeout(240)
+def test_a_trial_whose_process_died_on_its_last_failure_is_saved_as_an_error(ray_cluster, tmp_path):
+    """Ray 2.60 saved such a trial as RUNNING whenever Tune had saved the state since its last
+    report (ray_internals.save_stopped_trial_state says why); the trial above makes that the case
+    every time. Its folder then reads ERROR, with its error file."""
+    from ray import tune
+
+    from search import results_folder, tune_files
+
+    ray_internals.save_stopped_trial_state()  # what search.tuner does before building a Tuner
+    tune.Tuner(_dies_once_its_report_is_saved(),
+               param_space={"exp": str(tmp_path / "x"), "glob": ray_internals.STATE_GLOB},
+               run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), verbose=0)).fit()
+    [trial] = tune_files.read_trials(tmp_path / "x")
+    assert trial.status == "ERROR" and trial.error_file is not None
+    status, reason = results_folder.classify_error_file(trial.error_file, {})
+    assert status == "error" and reason.startswith("the trial's process died"), reason
 
 KNOBS = {"lr": {"kind": "float", "low": 1e-4, "high": 1e-1, "log": True, "step": None, "when": {}},
          "epochs": {"kind": "const", "value": 3, "when": {}}}
@@ -102,7 +158,7 @@ def test_the_searcher_survives_tunes_save_and_restore_with_its_live_study(tmp_pa
     again = _searcher(tmp_path / "elsewhere")
     again.restore(str(tmp_path / "searcher.pkl"))
     again.on_trial_complete("a", _epoch(0.6, 3))
-    [t] = study_mod.load(tmp_path, {"name": "s"}).trials  # the journal in the results folder
+    [t] = study_mod.load(tmp_path, "s").trials  # the journal in the results folder
     assert t.state == TrialState.COMPLETE and t.intermediate_values == {1: 0.5, 3: 0.6}
 
 
@@ -121,7 +177,7 @@ def test_trials_left_running_are_closed_when_the_search_ends(tmp_path):
     s = _asked(tmp_path, "ab")
     s.on_trial_result("a", _epoch(0.5, 1))
     assert study_mod.close_unfinished(study_of(s)) == 2
-    by_id = {t.user_attrs["trial_id"]: t for t in study_mod.load(tmp_path, {"name": "s"}).trials}
+    by_id = {t.user_attrs["trial_id"]: t for t in study_mod.load(tmp_path, "s").trials}
     assert by_id["a"].state == TrialState.PRUNED and by_id["b"].state == TrialState.FAIL
 
 

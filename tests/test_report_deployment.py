@@ -2,6 +2,7 @@
 tables built here, where the front is known by hand; and `results_folder.pareto_mask` itself."""
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -12,6 +13,8 @@ import pytest
 
 from analysis import report
 from search import results_folder
+from search.record import AshaSettings, Objective, SearchRecord
+from trainables.context import Resources
 
 matplotlib.use("Agg")
 
@@ -46,19 +49,27 @@ CONSTRAINED = _table([
     ("t8", "completed", 0.95, NAN, NAN, NAN, False, ""),
     ("t9", "completed", 0.75, 3.0, 1.5, 6.0, True, ""),
 ])
-MULTI = {"name": "multi", "metric": "val_acc", "mode": "max", "knobs": KNOBS,
-         "objectives": [["val_acc", "max"], ["latency_ms", "min"]], "limits": {"latency_ms": 20.0}}
-SINGLE = {"name": "single", "metric": "val_acc", "mode": "max", "knobs": KNOBS,
-          "objectives": [["val_acc", "max"]], "limits": {}}
-OLD = {"name": "old", "metric": "val_acc", "mode": "max", "knobs": KNOBS}  # an earlier search.json
+
+
+def _record(name: str, objectives: list[tuple[str, str]], limits: dict[str, float]) -> SearchRecord:
+    """A search's record (its search.json) with these objectives and limits, searching KNOBS."""
+    return SearchRecord(
+        name=name, objectives=tuple(Objective(*o) for o in objectives), limits=limits, knobs=tuple(KNOBS),
+        distributions={}, scheduler=AshaSettings(max_t=3, grace_period=1, reduction_factor=3), resources=Resources(),
+        max_epochs=3, num_samples=10, time_s=None, study_storage="optuna.journal", data_root="images",
+        split_file="split.csv", class_names=("a", "b"), results="results")
+
+
+MULTI = _record("multi", [("val_acc", "max"), ("latency_ms", "min")], {"latency_ms": 20.0})
+SINGLE = _record("single", [("val_acc", "max")], {})
 
 
 def _unconstrained() -> pd.DataFrame:
     return CONSTRAINED.drop(columns=["feasible", "infeasible"])
 
 
-def _render(table: pd.DataFrame, info: dict, results_dir) -> str:
-    return report._deployment_section({"table": table, "info": info, "dir": results_dir})
+def _render(table: pd.DataFrame, record: SearchRecord, results_dir) -> str:
+    return report._deployment_section({"table": table, "record": record, "dir": results_dir})
 
 
 @pytest.mark.timeout(60)
@@ -95,12 +106,11 @@ def test_single_objective_front_is_accuracy_against_latency_among_candidates():
     shown = report.deployment_front(_unconstrained(), SINGLE)
     assert shown["trial_id"].tolist() == ["t0", "t2", "t3", "t9"]
     assert "pick" not in shown
-    # with the limit, t0 is out; an old search.json (no objectives, no limits) reads as one objective
-    limited = report.deployment_front(CONSTRAINED, {**SINGLE, "limits": {"latency_ms": 20.0}})
+    # with the limit, t0 is out
+    limited = report.deployment_front(CONSTRAINED, dataclasses.replace(SINGLE, limits={"latency_ms": 20.0}))
     assert limited["trial_id"].tolist() == ["t2", "t3", "t9"]
-    assert report.deployment_front(_unconstrained(), OLD)["trial_id"].tolist() == ["t0", "t2", "t3", "t9"]
     # results_folder.judge adds `feasible` from the limits, as trials_table does
-    lim = {**SINGLE, "limits": {"latency_ms": 20}}
+    lim = dataclasses.replace(SINGLE, limits={"latency_ms": 20})
     judged = report.deployment_front(results_folder.judge(CONSTRAINED.drop(columns=["feasible", "infeasible"]), lim),
                                      lim)
     assert judged["trial_id"].tolist() == ["t2", "t3", "t9"]
@@ -119,24 +129,24 @@ def test_rejected_and_infeasible_trials_never_appear_in_the_front(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_settings_paragraph_names_objectives_each_limit_and_the_counts():
-    info = {**MULTI, "limits": {"latency_ms": 20.0, "params_m": 5.0}}
-    text = html.unescape(report.deployment_settings(CONSTRAINED, info))
+    record = dataclasses.replace(MULTI, limits={"latency_ms": 20.0, "params_m": 5.0})
+    text = html.unescape(report.deployment_settings(CONSTRAINED, record))
     assert "val_acc (max), latency_ms (min)" in text and "ASHA stopped trials on the first, val_acc" in text
     assert "latency_ms <= 20" in text and "params_m <= 5" in text
     assert "7 trial(s) feasible, 3 infeasible, 1 of them rejected" in text
     # judged from the limits as trials_table judges: t6 (params 5) is within, t0, t1, t8 are not
     judged = html.unescape(report.deployment_settings(
-        results_folder.judge(CONSTRAINED.drop(columns=["feasible", "infeasible"]), info), info))
+        results_folder.judge(CONSTRAINED.drop(columns=["feasible", "infeasible"]), record), record))
     assert "7 trial(s) feasible, 3 infeasible, 1 of them rejected" in judged
-    plain = html.unescape(report.deployment_settings(_unconstrained(), OLD))
+    plain = html.unescape(report.deployment_settings(_unconstrained(), SINGLE))
     assert "No constraints" in plain and "val_acc (max)" in plain and "<=" not in plain
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("table,info", [(CONSTRAINED, MULTI), (_unconstrained(), SINGLE), (_unconstrained(), OLD)],
-                         ids=["constrained-multi", "footprint-single", "footprint-old-info"])
-def test_section_with_footprint_draws_plots_and_a_front_table(table, info, tmp_path):
-    page = _render(table, info, tmp_path)
+@pytest.mark.parametrize("table,record", [(CONSTRAINED, MULTI), (_unconstrained(), SINGLE)],
+                         ids=["constrained-multi", "footprint-single"])
+def test_section_with_footprint_draws_plots_and_a_front_table(table, record, tmp_path):
+    page = _render(table, record, tmp_path)
     assert page.startswith("<section id='deployment'>")
     assert page.count("<img") == 1 and "data:image/png;base64," in page
     assert "<table" in page
@@ -144,9 +154,10 @@ def test_section_with_footprint_draws_plots_and_a_front_table(table, info, tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_old_search_without_footprint_gets_a_note_and_no_plot(tmp_path):
-    old = _unconstrained().drop(columns=["latency_ms", "params_m", "model_mb"])
-    page = _render(old, OLD, tmp_path)
+def test_trials_without_footprint_get_a_note_and_no_plot(tmp_path):
+    """No trial got as far as measuring its model: nothing to plot or list against cost."""
+    unmeasured = _unconstrained().drop(columns=["latency_ms", "params_m", "model_mb"])
+    page = _render(unmeasured, SINGLE, tmp_path)
     assert "no footprint figures" in page and "<img" not in page and "<table" not in page
     assert "No constraints" in page
 
@@ -205,12 +216,11 @@ def test_final_model_latency_line_only_when_retrain_measured_it(tmp_path):
     assert "Final model" not in _render(CONSTRAINED, MULTI, tmp_path)  # not retrained yet
     (tmp_path / "retrained").mkdir()
     metrics_file = tmp_path / "retrained" / "test_metrics.json"
-    metrics_file.write_text(json.dumps({"test_acc": 0.9, "test_images": 10}))
-    assert "Final model" not in _render(CONSTRAINED, MULTI, tmp_path)  # an earlier retrain: no such keys
     metrics_file.write_text(json.dumps({"test_acc": 0.9, "final_latency_ms": 12.34, "exported_latency_ms": 4.567,
                                         "final_over_limits": ""}))
     page = _render(CONSTRAINED, MULTI, tmp_path)
     assert "eager 12.3 ms" in page and "exported 4.57 ms" in page and "Over the search" not in page
-    metrics_file.write_text(json.dumps({"final_latency_ms": 25.0, "final_over_limits": "latency_ms 25 > 20"}))
+    metrics_file.write_text(json.dumps({"final_latency_ms": 25.0, "exported_latency_ms": 31.0,
+                                        "final_over_limits": "latency_ms 31 > 20"}))
     page = html.unescape(_render(CONSTRAINED, MULTI, tmp_path))
-    assert "eager 25 ms" in page and "exported" not in page and "limits: latency_ms 25 > 20" in page
+    assert "eager 25 ms, exported 31 ms" in page and "limits: latency_ms 31 > 20" in page

@@ -2,9 +2,12 @@
 
 The search runs in its own process group (driver and the Ray processes it started), which the
 test kills outright, as a crashed laptop or a killed job would, then stops every stray by PID.
+Where a test needs a search still running, a trial waits at a gate the test opens
+(HPO_TEST_HOLD_DIR, see trainables/train_loop._test_hold): not a hope that the machine is slow.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,12 +17,33 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, kill_group, search_cli
+from tests.conftest import (
+    ROOT,
+    folder_snapshot,
+    group_pids,
+    kill_group,
+    search_cli,
+    session_ray_processes,
+    stop_group,
+    wait_until,
+)
+from trainables.train_loop import TEST_HOLD_DIR
 
 
 def _strays(pgid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=,pgid=", "-A"], capture_output=True, text=True).stdout.split("\n")
     return [int(p) for p, g in (ln.split() for ln in out if ln.strip()) if int(g) == pgid]
+
+
+def _left_behind(pgid: int, ray_before: set[int], timeout: float = 60) -> list[int]:
+    """The processes a search that has exited leaves running: its process group, and the Ray
+    processes of this test session that were not running before it (Ray's workers leave the
+    group). Those it stopped may take a moment to exit: [] as soon as all are gone, else what is
+    still there after TIMEOUT seconds."""
+    deadline = time.time() + timeout
+    while (left := sorted(set(group_pids(pgid)) | (session_ray_processes() - ray_before))) and time.time() < deadline:
+        time.sleep(0.2)
+    return left
 
 
 def _iterations(trial_dir) -> int:
@@ -37,7 +61,22 @@ def _recorded_done(exp) -> dict[str, int]:
     return {t.trial_id: _iterations(t.path) for t in trials if t.status == "TERMINATED"}
 
 
+def _finished_and_held(exp) -> bool:
+    """Whether Tune's snapshot in EXP is whole and has a finished trial and one that reported its
+    epoch 1: the trial at the gate, after which nothing in it changes until the kill."""
+    saved = (folder_snapshot(exp) or {}).values()
+    return any(t["status"] == "TERMINATED" for t in saved) and \
+        any(t["status"] != "TERMINATED" and t["last"].get("epoch") == 1 for t in saved)
+
+
 TRIALS = 6
+# One trial at a time (the smoke space's setting). The first runs one epoch and finishes; the
+# second runs three and waits before its second while the gate HOLD stands: the search cannot end
+# before the test kills it. ASHA stops no trial here (grace = max_t), so none ends before the gate.
+HOLD = "epoch-2"
+SETTINGS = ["--set", f"search.num_samples={TRIALS}", "--set", "data.limit_per_class=60",
+            "--set", "space.epochs={choice: [1, 3]}", "--set", "search.scheduler.grace_period=3",
+            "--set", "search.points_to_evaluate=[{lr: 0.003, epochs: 1}, {lr: 0.001, epochs: 3}]"]
 
 
 @pytest.mark.timeout(900)
@@ -45,20 +84,24 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     storage, name = tmp_path / "res", "resume"
     exp = storage / name
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(storage),
-           "--name", name, "--set", f"search.num_samples={TRIALS}", "--set", "data.limit_per_class=60"]
+           "--name", name, *SETTINGS]
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / HOLD).touch()
     log = open(tmp_path / "search.log", "w")  # a file, not a pipe: nothing blocks while the test polls
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    try:  # killed once the driver's snapshot records a finished trial (trials take seconds)
-        while time.time() < deadline and proc.poll() is None and not _recorded_done(exp):
-            time.sleep(0.2)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, **{TEST_HOLD_DIR: str(hold)}))
+    try:  # killed once Tune's snapshot has the finished trial and the next one's epoch 1, whole
+        wait_until(lambda: proc.poll() is not None or _finished_and_held(exp), 300,
+                   lambda: "no whole snapshot had a finished trial and one held at the gate:\n" + open(log.name).read())
         assert proc.poll() is None, "the search ended before it could be killed:\n" + open(log.name).read()
     finally:
-        kill_group(proc.pid)
+        # SIGKILL the driver first (its Ray dying first would let it see trials fail and record
+        # that), then the Ray it started, and any Ray agent forked while the kill ran
+        proc.kill()
         proc.wait(timeout=60)
-        time.sleep(2)
-        for pid in _strays(proc.pid):  # Ray's agents may outlive the group kill: stop them by PID
-            os.kill(pid, signal.SIGKILL)
+        stop_group(proc.pid)
+        (hold / HOLD).unlink()
     before = pd.read_csv(exp / "split.csv")
     done_before = _recorded_done(exp)  # what the driver had recorded as finished when it died
     assert done_before, open(log.name).read()
@@ -81,18 +124,28 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
 
     from search import study as study_mod
 
-    study = study_mod.load(exp, {"name": name})
+    study = study_mod.load(exp, name)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert sorted(t.user_attrs["trial_id"] for t in finished) == sorted(trials["trial_id"])
     assert {round(t.params["lr"], 12) for t in finished} == {round(x, 12) for x in trials["lr"]}
     assert not _strays(proc.pid)
 
 
+def _gated(tmp_path, epoch: int) -> dict:
+    """The environment of a search whose trials wait before EPOCH (a gate never opened): a signal
+    sent once a trial has reported an earlier epoch finds the search still running."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / f"epoch-{epoch}").touch()
+    return dict(os.environ, **{TEST_HOLD_DIR: str(hold)})
+
+
+@pytest.mark.timeout(300)
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage",
            str(tmp_path / "res"), "--name", "ctrlc"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=_gated(tmp_path, 2))
     lines = []
     try:
         for line in proc.stdout:
@@ -119,8 +172,9 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
     cmd = [sys.executable, "-m", "search.run", str(ROOT / "spaces" / "smoke.yaml"), "--storage",
            str(tmp_path / "res"), "--name", "term", "--set", "resources.use_ray_train=true",
            "--set", "search.num_samples=2", "--set", "space.epochs=20", "--set", "search.scheduler.max_t=20"]
+    ray_before = session_ray_processes()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=_gated(tmp_path, 3))
     lines, strays = [], []
     try:
         for line in proc.stdout:  # pytest-timeout bounds this read
@@ -130,12 +184,12 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
                 break
         lines += proc.stdout.readlines()
         code = proc.wait(timeout=120)
-        time.sleep(3)
-        strays = _strays(proc.pid)
+        strays = _left_behind(proc.pid, ray_before)
     finally:
         kill_group(proc.pid)
-        for pid in _strays(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in {*_strays(proc.pid), *(session_ray_processes() - ray_before)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     out = "".join(lines)
     assert code == 130, out
     assert "search interrupted" in out and "--name term --resume" in out
@@ -147,16 +201,17 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_ray_process(tmp_path):
 
 def test_the_printed_resume_command_joins_the_same_cluster_and_data():
     """Printed when a search is interrupted: on a cluster, without --address the resume would start a
-    Ray of its own on the head; without --data it would prepare the space's default data first."""
+    Ray of its own on the head; without --data it would prepare the space's default data first; without
+    its --set changes it would continue another search (other concurrency, other data limits)."""
     import argparse
 
-    from search.run import resume_command
+    from search.cli import resume_command
 
     args = argparse.Namespace(space="spaces/finetune.yaml", storage="s3://my-bucket/hpo", address="auto",
-                              data="s3://my-bucket/my images/")
+                              data="s3://my-bucket/my images/", overrides=["search.max_concurrent_trials=4"])
     assert resume_command(args, "finetune") == (
-        "python -m search.run spaces/finetune.yaml --storage s3://my-bucket/hpo --name finetune --address auto "
-        "--data 's3://my-bucket/my images/' --resume")
-    local = argparse.Namespace(space="spaces/smoke.yaml", storage="results", address=None, data=None)
+        "python -m search.run spaces/finetune.yaml --set search.max_concurrent_trials=4 --storage s3://my-bucket/hpo "
+        "--name finetune --address auto --data 's3://my-bucket/my images/' --resume")
+    local = argparse.Namespace(space="spaces/smoke.yaml", storage="results", address=None, data=None, overrides=[])
     assert resume_command(local, "smoke") == ("python -m search.run spaces/smoke.yaml --storage results --name smoke "
                                               "--resume")

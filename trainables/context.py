@@ -3,7 +3,7 @@
 The data (root, split file, classes), the objective, the limits on what a model may cost, where
 a multi-worker trial's Ray Train runs keep their checkpoints and its footprints are shared, and
 the resources each trial runs with. The search builds it once
-(`search.run.trial_context`), saves it as `context.json` in the results folder, and hands it to
+(`search.launch.trial_context`), saves it as `context.json` in the results folder, and hands it to
 its trials through `tune.with_parameters`: the sampler, `params.json` and trials.csv hold
 hyperparameters only. `--resume`, `analysis.retrain` and `analysis.report` read it back
 (`search.results_folder.read_context`); the bench scripts build it with the same function.
@@ -13,24 +13,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 CONTEXT_FILE = "context.json"
 FOOTPRINTS_DIR = "footprints"  # in the results folder: the models' footprints its trials share
 TRAIN_RUNS = "train_runs"  # in the results folder: the Ray Train runs of multi-worker trials
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Resources:
-    """What one trial runs on (the space's `resources:`)."""
+    """What one trial runs on: the space's `resources:` section as `search.space` validates it (the
+    one type of it: the space, the search record and every trial's context hold this)."""
 
-    workers_per_trial: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    loader_workers: int
-    compile: bool
-    use_ray_train: bool
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers per trial (data parallel)")
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0, description="fractions share a GPU, e.g. 0.25")
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker for augmentation; 0 = in the "
+                                                     "training process")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU trials)")
+    use_ray_train: bool = Field(False, description="run single-worker trials as a Ray Train TorchTrainer too, as "
+                                                   "multi-worker trials always run (slower: several more processes "
+                                                   "start per trial; bench/README.md)")
 
     @property
     def per_worker(self) -> dict[str, float]:
@@ -58,14 +65,15 @@ class TrialContext:
     resources: Resources
     # the space's search.constraints as figure -> largest allowed value (trainables.footprint):
     # a trial whose model is over one is not trained
-    limits: dict[str, float] = field(default_factory=dict)
-    # where the search's trials share their models' footprints (trainables.footprint.measure_once)
-    footprint_dir: str = ""
+    limits: dict[str, float]
+    # where the search's trials share their models' footprints (trainables.footprint.measure_once);
+    # "": results in a bucket, each node shares them in its own cache
+    footprint_dir: str
 
     @property
     def footprints(self) -> Path:
         """Where this search's trials share their footprints: the results folder's, or else (results
-        in a bucket, or a context saved before the field) the node's image cache's."""
+        in a bucket) the node's image cache's."""
         from trainables.data import default_cache_dir
 
         return Path(self.footprint_dir or Path(self.cache_dir or default_cache_dir()) / FOOTPRINTS_DIR)

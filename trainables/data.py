@@ -7,7 +7,6 @@ so that every trial, and the retrain, reads the very same files.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -60,8 +59,6 @@ def materialize_animal_mnist(cache_dir: Path) -> Path:
 
     root = cache_dir / "animal-mnist-v1"
     if root.is_dir():
-        with contextlib.suppress(OSError):  # `.complete`: an older layout's marker, unused; read-only caches keep it
-            (root / ".complete").unlink(missing_ok=True)
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     with np.load(_ASSETS / "animal_mnist.npz", allow_pickle=False) as z:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 
-from trainables import ray_internals
+from trainables import ray_internals, remote
 from trainables.context import TrialContext
 
 
@@ -91,6 +91,7 @@ def fit_trainer(config: dict, context: TrialContext, loop=train_loop) -> None:
 
     r = context.resources
     trial_id = tune.get_context().get_trial_id()
+    storage_path, storage_filesystem = remote.ray_storage(context.train_storage)
     ray_internals.lean_torch_trainer()(
         loop,
         train_loop_config={"config": config, "context": context},
@@ -98,7 +99,8 @@ def fit_trainer(config: dict, context: TrialContext, loop=train_loop) -> None:
             num_workers=r.workers_per_trial, use_gpu=bool(r.gpus_per_worker), resources_per_worker=r.per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
-            storage_path=context.train_storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=context.keep_checkpoints,
                 checkpoint_score_attribute=context.metric,

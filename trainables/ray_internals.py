@@ -11,14 +11,18 @@ workarounds in one file the same way: `hyperopt/_ray210_compat.py`.)
 - Tune's trial files: `STATE_GLOB`, `PARAMS_FILE`, `RESULTS_FILE`, `ERROR_FILE`.
 - A TorchTrainer per trial: `lean_torch_trainer()`, `hand_over_report_callback()`.
 - The searcher's private state: `optuna_trials`, `study_of`, `completed_trials`.
+- A Tune trial's folders, for callbacks: `trial_local_dir`, `trial_remote_dir`, `trial_error_file`.
+- Workaround: a trial whose process died is saved as ERROR, not RUNNING: `save_stopped_trial_state()`.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +169,98 @@ def completed_trials(searcher) -> set:
     return searcher._completed_trials
 
 
+# ---- a Tune trial's folders (ray.tune.experiment.Trial, as Tune hands it to callbacks) ----------
+
+def trial_local_dir(trial) -> Path:
+    """The driver's own copy of TRIAL's folder, where Tune's loggers append result.json first."""
+    return Path(trial.local_path)
+
+
+def trial_remote_dir(trial) -> tuple:
+    """TRIAL's folder in the results folder: (its pyarrow file system, the path in it)."""
+    return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+
+
+def trial_error_file(trial) -> str | None:
+    """TRIAL's error.txt (a 'Failure # N' section per failure), or None before its first failure."""
+    return trial.error_file
+
+
+def _trial_folders() -> bool:
+    """The Trial and StorageContext attributes above, on a trial built without a cluster. Its
+    `local_path` and `error_file` need a Ray session: they are checked as properties whose code
+    reads the driver's staging folder and the run metadata's error file name."""
+    import tempfile
+
+    import pyarrow.fs
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    def reads(prop, *names):
+        return isinstance(prop, property) and all(n in inspect.getsource(prop.fget) for n in names)
+
+    with tempfile.TemporaryDirectory() as d:
+        trial = Trial("fn", trial_id="t", storage=StorageContext(storage_path=d, experiment_dir_name="exp"),
+                      stub=True)
+        trial.storage.trial_dir_name = "trial_t"
+        fs, path = trial_remote_dir(trial)
+        return (isinstance(fs, pyarrow.fs.FileSystem) and Path(path) == Path(d, "exp", "trial_t")
+                and trial.run_metadata.error_filename is None
+                and reads(Trial.local_path, "self.storage.trial_driver_staging_path")
+                and reads(Trial.error_file, "self.local_path", "self.run_metadata.error_filename"))
+
+
+# ---- workaround: the experiment state of a trial whose process died ---------------------------
+
+def save_stopped_trial_state() -> None:
+    """Make Tune save a trial it stopped after the trial's process died, as ERROR, not RUNNING.
+
+    Ray 2.60's `TuneController._schedule_trial_stop` sets the trial's new status, then returns
+    early when the trial has no actor any more, before `self._mark_trial_to_checkpoint(trial)`,
+    the call that puts the trial's new state into the experiment state Tune saves
+    (`_get_trial_checkpoints`). A trial has no actor there when its process died (SIGKILL, the
+    out-of-memory killer): on a `RayActorError` Ray's actor manager runs the actor's error
+    callback (`_actor_failed`, which drops the trial's actor) before the task's
+    (`_trial_task_failure` -> `_process_trial_failure` -> `_schedule_trial_stop`). So a trial
+    killed on its last allowed failure stayed RUNNING in experiment_state-*.json whenever Tune had
+    saved the state since the trial's last report: the search counted it unfinished
+    ("interrupted", exit 130) and `--resume` ran it again. tests/test_ray_internals.py kills a
+    trial in that window every time.
+
+    The patch marks the trial after every stop, which is what the early return skips; marking
+    only adds the trial to the set whose state the next save takes. Idempotent; the hooks check
+    fails once Ray changes the method, and then this is to be checked again, and dropped if Ray
+    fixed it."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    stop = TuneController._schedule_trial_stop
+    if getattr(stop, "_marks_trial", False):
+        return
+
+    @functools.wraps(stop)
+    def schedule_trial_stop(self, trial, exception=None):
+        stop(self, trial, exception=exception)
+        self._mark_trial_to_checkpoint(trial)
+
+    schedule_trial_stop._marks_trial = True
+    TuneController._schedule_trial_stop = schedule_trial_stop
+
+
+def _trial_stop_skips_the_save() -> bool:
+    """Ray's own `_schedule_trial_stop` (under the patch) is still the one the patch is for."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    text = inspect.getsource(inspect.unwrap(TuneController._schedule_trial_stop))
+    early, mark = "if trial not in self._trial_to_actor:", "self._mark_trial_to_checkpoint(trial)"
+    params = list(inspect.signature(inspect.unwrap(TuneController._schedule_trial_stop)).parameters)
+    return (params == ["self", "trial", "exception"] and early in text and mark in text
+            and text.index(early) < text.index(mark)
+            and "self._trials_to_cache.add(trial)" in _source_of("ray.tune.execution.tune_controller",
+                                                                 "TuneController._mark_trial_to_checkpoint")
+            and "self._get_trial_checkpoints()" in _source_of("ray.tune.execution.tune_controller",
+                                                              "TuneController.save_to_dir"))
+
+
 # ---- the check --------------------------------------------------------------------------------
 
 def _source_of(module: str, qualname: str = "") -> str:
@@ -220,6 +316,9 @@ HOOKS = {
        for name in (TUNE_CONTROLLER_LOGGER, EXPERIMENT_ANALYSIS_LOGGER)},
     "Tune's file names": lambda: _tune_file_names_match(),
     "Tune's checkpoint names and the run metadata's last report": lambda: _checkpoint_names_match(),
+    "Trial.local_path, .storage (storage_filesystem, trial_fs_path), .error_file": lambda: _trial_folders(),
+    "TuneController._schedule_trial_stop returns before marking a trial with no actor":
+        lambda: _trial_stop_skips_the_save(),
 }
 
 

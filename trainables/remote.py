@@ -9,6 +9,13 @@ errors into one line that says what to fix.
 Endpoints and credentials come from the usual places, as for every AWS tool: `AWS_ENDPOINT_URL`
 (an S3-compatible server such as MinIO), `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
 `AWS_PROFILE` and `~/.aws`, or the node's instance profile.
+
+An S3 outage is waited out: every request (the search's own, and Ray Tune's uploads of results
+and checkpoints, given `storage_filesystem`) is retried by the AWS SDK itself, backing off from
+25 ms and doubling, for at least `OUTAGE_LIMIT_S` seconds (`HPO_STORAGE_OUTAGE_S` sets another
+limit) before it fails. pyarrow's own defaults give up after about a second in the trial
+processes (the file system Ray pickles to them comes back with 3 attempts) and 6 s in the
+driver, so a restarting S3 server failed every trial that reported meanwhile.
 """
 from __future__ import annotations
 
@@ -20,10 +27,53 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 THREADS = 16  # parallel transfers: object stores answer each request slowly, many at once well
+# How long (s) each request to an S3 bucket is retried while the storage does not answer, before
+# the search stops (with one line saying to run it again with --resume; search/storage_watch.py).
+# An outage shorter than this costs the search that long in waiting, up to twice as long: the
+# retries back off from 25 ms, doubling, until their waits add up to the limit (102 s for 100).
+# HPO_STORAGE_OUTAGE_S overrides it (the tests use a few seconds).
+OUTAGE_LIMIT_S = 100.0
+OUTAGE_ENV = "HPO_STORAGE_OUTAGE_S"
+FIRST_RETRY_S = 0.025  # the AWS SDK's DefaultRetryStrategy: waits 25 ms * 2**k before retry k
 
 
 class StorageError(ValueError):
     """A bucket or prefix that cannot be used as asked: the message is the one line to show."""
+
+
+class StorageUnreachable(BaseException):
+    """The storage did not answer for the whole outage limit: the search stops at once, with this
+    message as its one line. A BaseException, as KeyboardInterrupt is: Tune's own clean-up would
+    wait out the outage once more for each file it uploads at the end; --resume picks up from
+    what the storage last received."""
+
+
+def outage_limit_s() -> float:
+    """OUTAGE_LIMIT_S, or HPO_STORAGE_OUTAGE_S where set."""
+    raw = os.environ.get(OUTAGE_ENV)
+    try:
+        return float(raw) if raw else OUTAGE_LIMIT_S
+    except ValueError:
+        raise StorageError(f"{OUTAGE_ENV}={raw!r}: give seconds, e.g. {OUTAGE_ENV}=100") from None
+
+
+def retry_attempts(limit_s: float) -> int:
+    """Attempts of a request whose doubling waits (25 ms, 50 ms, ...) add up to LIMIT_S or more."""
+    attempts = 2
+    while FIRST_RETRY_S * (2 ** attempts - 2) < limit_s:
+        attempts += 1
+    return attempts
+
+
+# what the AWS SDK's error says when the storage did not answer (connection refused, reset or
+# timed out), as opposed to an answer that refuses the request (no bucket, access denied)
+UNREACHABLE_MARKS = ("NETWORK_CONNECTION", "Could not connect", "curlCode: 7,", "curlCode: 28,",
+                     "curlCode: 52,", "curlCode: 55,", "curlCode: 56,", "REQUEST_TIMEOUT")
+
+
+def unreachable(text: str) -> bool:
+    """Whether an error's text says the storage did not answer."""
+    return any(mark in text for mark in UNREACHABLE_MARKS)
 
 
 def is_uri(path) -> bool:
@@ -50,9 +100,47 @@ def scheme(uri: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(root: str):
+    return storage_filesystem(root)
+
+
+def storage_filesystem(root: str):
+    """The pyarrow file system of ROOT (`s3://bucket`, `gs://bucket`, ...): for S3, one that
+    waits out an outage (see OUTAGE_LIMIT_S) and keeps doing so in the processes it is pickled to."""
     from pyarrow import fs
 
-    return fs.FileSystem.from_uri(root)[0]
+    f = fs.FileSystem.from_uri(root)[0]
+    if isinstance(f, fs.S3FileSystem):
+        return _patient_s3(f.__reduce__()[1][0], retry_attempts(outage_limit_s()))
+    return f
+
+
+def ray_storage(uri: str) -> tuple[str, object]:
+    """(storage_path, storage_filesystem) to give Ray for URI (a folder: itself, and None)."""
+    if not is_uri(uri):
+        return uri, None
+    f, path = split(uri)
+    return path, f
+
+
+def _patient_s3(options: dict, attempts: int):
+    """pyarrow's S3FileSystem with OPTIONS (its own pickled form) and the AWS SDK's default retry
+    strategy with ATTEMPTS; pickled with both (pyarrow's own pickle drops the retry strategy)."""
+    return _patient_class()(options, attempts)
+
+
+@functools.lru_cache(maxsize=1)
+def _patient_class():
+    from pyarrow import fs
+
+    class PatientS3FileSystem(fs.S3FileSystem):
+        def __init__(self, options: dict, attempts: int):
+            super().__init__(**options, retry_strategy=fs.AwsDefaultS3RetryStrategy(max_attempts=attempts))
+            self._options, self._attempts = options, attempts
+
+        def __reduce__(self):
+            return _patient_s3, (self._options, self._attempts)
+
+    return PatientS3FileSystem
 
 
 BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # where the first part of the path is the bucket

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def fit(config: dict, context: TrialContext, session, plan: TrialPlan | None = N
     last: dict = {}
     try:
         for epoch in range(_restore(session, t), min(t.params.epochs, plan.stop_after_epoch or t.params.epochs) + 1):
+            _test_hold(epoch)
             row = _epoch(t, session, epoch)
 
             def save(d, epoch=epoch, row=row):
@@ -125,6 +127,22 @@ def fit(config: dict, context: TrialContext, session, plan: TrialPlan | None = N
     finally:
         t.batches.close()  # DataLoader worker processes must not outlive the trial in a reused actor
     return last
+
+
+TEST_HOLD_DIR = "HPO_TEST_HOLD_DIR"  # a test seam (see _test_hold); never set in a real run
+
+
+def _test_hold(epoch: int) -> None:
+    """A test seam, inert unless HPO_TEST_HOLD_DIR is set: before training EPOCH, wait while the
+    file $HPO_TEST_HOLD_DIR/epoch-EPOCH exists. The tests hold trials at a known point with it (a
+    search that cannot end yet, a trial about to write a checkpoint) by construction, instead of
+    hoping the machine is slow enough (tests/test_multinode.py, tests/test_resume_checkpoint_kill.py)."""
+    folder = os.environ.get(TEST_HOLD_DIR)
+    if not folder:
+        return
+    gate = Path(folder) / f"epoch-{epoch}"
+    while gate.exists():
+        time.sleep(0.05)
 
 
 @dataclass
