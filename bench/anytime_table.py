@@ -77,7 +77,7 @@ def read_table(path: Path = TABLE) -> dict[tuple, list[dict]]:
 def _context():
     """The default search's data, split and context, in a scratch folder (as `search.run` makes them)."""
     from search import space as space_mod
-    from search.run import trial_context
+    from search.launch import trial_context
     from trainables import data
 
     spec = space_mod.load(SPACE)

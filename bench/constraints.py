@@ -37,11 +37,11 @@ def search(tmp: Path, seed: int, trials: int, startup: int) -> tuple[list[bool],
     with contextlib.redirect_stdout(io.StringIO()):
         assert run.main(args) in (0, 1)  # 1: every configuration over the limit (a --quick draw can be)
     results = tmp / f"s{seed}"
-    info = results_folder.read_search_info(results)
-    limit = results_folder.limits(info)["latency_ms"]
+    record = results_folder.read_record(results)
+    limit = record.limits["latency_ms"]
     table = results_folder.trials_table(results)
     honest = bool((table.loc[table["feasible"], "latency_ms"] <= limit).all())
-    study = study_mod.load(results, info)
+    study = study_mod.load(results, record.name)
     order = sorted(study.trials, key=lambda t: t.number)
     return [bool(t.constraints) and all(v <= 0 for v in t.constraints.values()) for t in order], limit, honest
 

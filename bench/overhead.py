@@ -1,7 +1,7 @@
 """Per-trial overhead of both trial runtimes (start, report, stop) vs. the same work in-process.
 
 A search trial runs in one of two runtimes (trainables/driver.py), and this measures both, on
-one local Ray cluster started the way `search.run.start_ray` starts it:
+one local Ray cluster started the way `search.launch.start_ray` starts it:
 
 - `actor` (the default for single-worker trials): the trial trains in its own Tune actor,
   reporting with `ray.tune.report` and a `tune.Checkpoint` (`trainables.sessions.TuneSession`),
@@ -104,8 +104,8 @@ def in_process(n: int, storage: Path) -> float:
 
 
 def start_ray() -> float:
-    """The local cluster of a search (`search.run.start_ray`); seconds it took."""
-    from search.run import start_ray as start
+    """The local cluster of a search (`search.launch.start_ray`); seconds it took."""
+    from search.launch import start_ray as start
 
     t = time.perf_counter()
     start(None, verbose=False)
@@ -116,10 +116,10 @@ def context(storage: Path, tag: str):
     """The TrialContext of a search with one-CPU trials (the data fields are not read here)."""
     import dataclasses
 
-    from search import run, space
+    from search import launch, space
 
     spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": 1}})
-    return dataclasses.replace(run.trial_context(spec, storage, ["a", "b"], storage / "split.csv", storage / tag),
+    return dataclasses.replace(launch.trial_context(spec, storage, ["a", "b"], storage / "split.csv", storage / tag),
                                train_storage=str(storage / f"{tag}_train_runs"))
 
 
