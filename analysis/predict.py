@@ -1,7 +1,7 @@
 """`python -m analysis.predict MODEL_DIR IMAGE_OR_FOLDER...`: top-k classes for new images.
 
 MODEL_DIR is a saved model (`model.pt` + `meta.json`), e.g. RESULTS_DIR/retrained/model or any
-trial checkpoint. Images go through the same decoding as in training (`trainables.images.open_rgb`).
+trial checkpoint. Images go through the same decoding as in training (`trainables.data.images.open_rgb`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 
 def image_files(paths: list[str]) -> list[Path]:
-    from trainables.images import IMAGE_EXTENSIONS
+    from trainables.data.images import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for p in map(Path, paths):
@@ -30,7 +30,9 @@ def predict_files(model_dir: str | Path, files: list[Path], top: int = 3) -> lis
     """For each file, the `top` (class, probability) pairs, most likely first."""
     import torch
 
-    from trainables import checkpoint, images, inference
+    from trainables.data import images
+    from trainables.models import inference
+    from trainables.trial import checkpoint
 
     model, meta = checkpoint.load(model_dir)
     x = torch.stack([torch.from_numpy(np.asarray(images.open_rgb(f, meta["image_size"])).copy()).permute(2, 0, 1)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from search import remote_results, results_folder
-from trainables import remote
+from trainables.storage import remote
 
 
 def main(argv=None) -> int:

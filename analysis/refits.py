@@ -37,10 +37,10 @@ def refit(config: dict, context, history: pd.DataFrame, epochs: int, seed_offset
           model_dir: Path, device: str | None = None) -> list[dict]:
     """Train the refit on train+val into MODEL_DIR, stopped after EPOCHS; return its per-epoch reports.
     DEVICE: where it trains (default: a GPU if this process sees one, else the CPU)."""
-    from trainables import checkpoint
-    from trainables.plan import TrialPlan
-    from trainables.sessions import LocalSession
-    from trainables.train_loop import fit
+    from trainables.trial import checkpoint
+    from trainables.trial.plan import TrialPlan
+    from trainables.trial.sessions import LocalSession
+    from trainables.trial.train_loop import fit
 
     session = LocalSession(checkpoint_dir=model_dir, device=device)
     refit_params, lr_path = refit_config(config, history, epochs, seed_offset)
@@ -155,13 +155,13 @@ def estimate_line(history: pd.DataFrame, context, epochs: int, refits: int, chos
     estimated from the trial's own epochs: EPOCHS × its median epoch × (train+val images /
     train images) × rounds (ceil(REFITS / at once)), × its workers where it trained with several."""
     from search.duration import say
-    from trainables import data
+    from trainables.data import dataset
 
     head = f"refits: {refits} on train+val, {chosen.describe()}"
     per_epoch = epoch_seconds(history)
     if per_epoch is None:
         return f"{head}; no estimate (the trial's reports have no epoch times)"
-    splits = [item.split for item in data.read_split(context.split_file, ("train", "val"))]
+    splits = [item.split for item in dataset.read_split(context.split_file, ("train", "val"))]
     images = len(splits) / max(1, splits.count("train"))
     rounds = math.ceil(refits / max(1, chosen.at_once))
     workers = context.resources.workers_per_trial

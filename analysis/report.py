@@ -24,8 +24,8 @@ import pandas as pd
 from search import remote_results, results_folder
 from search.duration import say
 from search.record import SearchRecord
-from trainables import remote
-from trainables.limits import COSTS
+from trainables.models.limits import COSTS
+from trainables.storage import remote
 
 MAX_CURVES = 5  # top trials drawn in the learning-curve plot
 WRONG_SHOWN = 12  # misclassified validation images shown
@@ -294,18 +294,19 @@ def best_on_val(context, best: pd.Series) -> dict:
     and its most confidently wrong images (path, true, predicted, confidence)."""
     import torch
 
-    from trainables import checkpoint, data, metrics
-    from trainables.train_loop import evaluate
+    from trainables.data import dataset
+    from trainables.trial import checkpoint, metrics
+    from trainables.trial.train_loop import evaluate
 
     model, meta = checkpoint.load(best["checkpoint"])
-    items = data.read_split(context.split_file, ("val",))
-    x, y = data.load_images(context.data_root, items, meta["class_names"], meta["image_size"],
+    items = dataset.read_split(context.split_file, ("val",))
+    x, y = dataset.load_images(context.data_root, items, meta["class_names"], meta["image_size"],
                             cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     out = evaluate(model, meta, x, y, with_confusion=True, with_probs=True)
     out["per_class"] = metrics.per_class(torch.tensor(out["confusion"]), meta["class_names"])
     conf, pred = out.pop("probs").max(1)
     wrong = [i for i in conf.argsort(descending=True).tolist() if pred[i] != y[i]][:WRONG_SHOWN]
-    folder = data.image_folder(context.data_root, context.cache_dir)  # load_images put them there
+    folder = dataset.image_folder(context.data_root, context.cache_dir)  # load_images put them there
     out["wrong"] = [(folder / items[i].path, items[i].label, meta["class_names"][int(pred[i])],
                      float(conf[i])) for i in wrong]
     return out

@@ -29,7 +29,7 @@ import pandas as pd
 from analysis.refits import Plan, estimate_line, plan, refit, refit_config, release, run_refits  # noqa: F401
 from search import remote_results, results_folder
 from search.record import SearchRecord
-from trainables import remote
+from trainables.storage import remote
 
 TEST_FILE = "test_metrics.json"
 
@@ -42,8 +42,8 @@ def pick_best(board: pd.DataFrame, record: SearchRecord, context) -> pd.Series:
     a rerun on train with another seed, both on val, so that one lucky run does not decide alone."""
     import dataclasses
 
-    from trainables.sessions import LocalSession
-    from trainables.train_loop import fit
+    from trainables.trial.sessions import LocalSession
+    from trainables.trial.train_loop import fit
 
     col, metric = record.best_column, record.metric
     if len(board) <= 1:
@@ -82,7 +82,8 @@ def final_model(best: pd.Series, config: dict, context, history: pd.DataFrame, p
     - ensemble (default): the checkpoint and REFITS refits (other seeds), probabilities averaged.
     HISTORY is the trial's reports (trial_history); CHOSEN how the refits run (analysis.refits.plan;
     default: one after another in this process). Returns (model, meta, recipe, refit histories)."""
-    from trainables import checkpoint, inference
+    from trainables.models import inference
+    from trainables.trial import checkpoint
 
     members, recipe, curves = [], [], {}
     if policy in ("checkpoint", "ensemble"):
@@ -141,8 +142,10 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     keeps them in this process, one after another (analysis.refits)."""
     import torch
 
-    from trainables import checkpoint, data, export, metrics
-    from trainables.train_loop import evaluate
+    from trainables.data import dataset
+    from trainables.models import export
+    from trainables.trial import checkpoint, metrics
+    from trainables.trial.train_loop import evaluate
 
     results_dir = Path(results_dir).resolve()
     record = results_folder.read_record(results_dir)
@@ -168,8 +171,8 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
     checkpoint.save(model_dir, model, meta)
 
     # the test split: read here, once, after the model is fixed
-    test_items = data.read_split(context.split_file, ("test",))
-    x, y = data.load_images(context.data_root, test_items, meta["class_names"], meta["image_size"],
+    test_items = dataset.read_split(context.split_file, ("test",))
+    x, y = dataset.load_images(context.data_root, test_items, meta["class_names"], meta["image_size"],
                             cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     test = evaluate(model, meta, x, y, prefix="test_", with_confusion=True)
     confusion = torch.tensor(test["confusion"])
@@ -181,7 +184,7 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
         "test_images": len(test_items), **test, "test_acc_ci95": [low, high],
         "test_per_class": metrics.per_class(confusion, meta["class_names"]),
         "model_dir": str(model_dir),
-        "exported": str(model_dir / checkpoint.EXPORTED),
+        "exported": str(model_dir / export.EXPORTED),
         "export_max_logit_diff": export.export(model, meta, model_dir, x[:32]),
         "onnx_max_logit_diff": export.export_onnx(model, meta, model_dir, x[:32]),
         **final_footprint(model, meta, model_dir, record.limits),  # after export: it times the file
@@ -193,17 +196,17 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
 
 
 def final_footprint(model, meta: dict, model_dir: Path, limits: dict) -> dict:
-    """The final model's cost, as each trial measured its own (trainables.footprint), and its
+    """The final model's cost, as each trial measured its own (trainables.models.footprint), and its
     batch-1 CPU latency again as the exported program, which is what a user deploys."""
     import torch
 
-    from trainables import checkpoint, footprint
-    from trainables.limits import describe_over
+    from trainables.models import export, footprint
+    from trainables.models.limits import describe_over
 
     size = meta["image_size"]
     eager = footprint.measure(model, size, torch.device("cpu"), 1)
     figures = {"latency_ms": eager["latency_ms"], "params_m": eager["params_m"], "model_mb": eager["model_mb"]}
-    exported = footprint.cpu_latency_ms(torch.export.load(model_dir / checkpoint.EXPORTED).module(), size)
+    exported = footprint.cpu_latency_ms(torch.export.load(model_dir / export.EXPORTED).module(), size)
     return {"final_latency_ms": figures["latency_ms"], "exported_latency_ms": exported,
             "final_params_m": figures["params_m"], "final_model_mb": figures["model_mb"], "limits": limits,
             "final_over_limits": describe_over({**figures, "latency_ms": max(figures["latency_ms"], exported)},

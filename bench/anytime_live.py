@@ -62,13 +62,13 @@ def recipe_child(seed: int, budget_s: float, tmp: Path, extra: list[str]) -> flo
     from search import space as space_mod
     from search import tuner as tuner_mod
     from search.launch import start_ray, trial_context, warm_cache
-    from trainables import data
+    from trainables.data import dataset
 
     spec = space_mod.load(SPACE, extra[1::2])  # EXTRA: --set KEY=VALUE pairs
     tmp.mkdir(parents=True, exist_ok=True)
     d = spec.data
-    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class)
-    data.save_split(index, tmp / "split.csv")
+    index = dataset.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class)
+    dataset.save_split(index, tmp / "split.csv")
     context = trial_context(spec, index.location, index.classes, tmp / "split.csv", tmp)
     start_ray(None, verbose=False)
     warm_cache(spec, context)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=5)
     args = ap.parse_args(argv)
     seeds, budget_s = (1, 60) if args.quick else (args.seeds, args.minutes * 60)
-    extra = ["--set", "data.limit_per_class=50"] if args.quick else []
+    extra = ["--set", "dataset.limit_per_class=50"] if args.quick else []
     from bench.anytime_table import grid, key, read_table
 
     table = read_table()

@@ -78,13 +78,13 @@ def _context():
     """The default search's data, split and context, in a scratch folder (as `search.run` makes them)."""
     from search import space as space_mod
     from search.launch import trial_context
-    from trainables import data
+    from trainables.data import dataset
 
     spec = space_mod.load(SPACE)
     d = spec.data
-    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class)
+    index = dataset.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class)
     tmp = Path(tempfile.mkdtemp(prefix="anytime-table-"))
-    data.save_split(index, tmp / "split.csv")
+    dataset.save_split(index, tmp / "split.csv")
     return spec, trial_context(spec, index.location, index.classes, tmp / "split.csv", tmp)
 
 
@@ -92,8 +92,8 @@ def record_one(config: dict, context, epochs: int) -> list[dict]:
     """Train CONFIG with `fit` to EPOCHS epochs on one thread; its rows for the table."""
     import torch
 
-    from trainables.sessions import LocalSession
-    from trainables.train_loop import fit
+    from trainables.trial.sessions import LocalSession
+    from trainables.trial.train_loop import fit
 
     torch.set_num_threads(1)
     rows, last = [], [time.process_time()]

@@ -4,7 +4,7 @@ The headline figure of the search (best val accuracy against time at equal compu
 against Ray's recipe, Optuna alone and the top-K rule) is bench/anytime.py's; this bench defers
 to it and only shows each part's effect. Four arms search the same space with the same number
 of trials and the same seed, on the embedded data, through real Ray Tune, real Optuna samplers
-and the real train loop (`trainables.train_loop.fit`); they differ only in sampler and scheduler:
+and the real train loop (`trainables.trial.train_loop.fit`); they differ only in sampler and scheduler:
 
 - `tpe+asha`: the search's own `EpochOptunaSearch(TPESampler)` + `ASHAScheduler` on `epoch`
   (ASHA-stopped trials reach TPE as pruned, with their epochs);
@@ -69,7 +69,7 @@ def tune_session():
     """`fit`'s in-process session, reporting to the Tune trial instead of keeping a history."""
     from ray import tune
 
-    from trainables.sessions import LocalSession
+    from trainables.trial.sessions import LocalSession
 
     class TuneSession(LocalSession):
         def report(self, row: dict, save) -> None:
@@ -81,7 +81,7 @@ def tune_session():
 def function_trial(config: dict, context) -> None:
     import torch
 
-    from trainables.train_loop import fit
+    from trainables.trial.train_loop import fit
 
     torch.set_num_threads(1)
     fit(config, context, tune_session())
@@ -185,15 +185,15 @@ def main(argv=None) -> int:
 
     from search import space as space_mod
     from search.launch import start_ray, trial_context
-    from trainables import data
+    from trainables.data import dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "space.yaml").write_text(SPACE.format(per_class=per_class, trials=trials, max_t=max_t,
                                                      rf=args.reduction_factor))
         spec = space_mod.load(tmp / "space.yaml")
-        index = data.prepare("animal-mnist", spec.data.split.model_dump(exclude={"seed"}), 0, per_class)
-        data.save_split(index, tmp / "split.csv")
+        index = dataset.prepare("animal-mnist", spec.data.split.model_dump(exclude={"seed"}), 0, per_class)
+        dataset.save_split(index, tmp / "split.csv")
         context = trial_context(spec, index.root, index.classes, tmp / "split.csv", tmp)
         counts = index.counts()
         print(f"{trials} trials per arm, max {max_t} epochs, {sum(counts['train'].values())} train / "

@@ -6,7 +6,7 @@ batches of `--image-size` pixels from it, with no model attached:
 
 - PIL: `torchvision.datasets.ImageFolder` + Resize + PILToTensor in a DataLoader, decoding
   every JPEG every epoch, as hand-written fine-tuning scripts do;
-- cached: this project's `trainables.data.load_images` (memory-mapped uint8 cache, decoded
+- cached: this project's `trainables.data.dataset.load_images` (memory-mapped uint8 cache, decoded
   once) and the train loop's own `Batches` iterator.
 
 Each side runs `--epochs` epochs after one warm-up epoch; the cache's one-off build time is
@@ -69,7 +69,7 @@ def cached_epoch(batches) -> float:
 
 def _normalise(xb: torch.Tensor) -> torch.Tensor:
     """The train loop's own normalisation, the same on both sides."""
-    from trainables.preprocess import normalize
+    from trainables.models.preprocess import normalize
 
     return normalize(xb, {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
 
@@ -86,21 +86,21 @@ def main(argv=None) -> int:
     epochs = args.epochs or (1 if args.quick else 3)
     torch.set_num_threads(1)
 
-    from trainables import data
+    from trainables.data import dataset
     from trainables.params import TrialParams
-    from trainables.train_loop import Batches
+    from trainables.trial.train_loop import Batches
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp) / "jpegs", 100 if args.quick else None)
-        index = data.scan(root)
+        index = dataset.scan(root)
         classes = index.classes
         print(f"data: {len(index.items)} JPEGs of 128 px in {len(classes)} classes; batches of {args.batch_size} "
               f"at {args.image_size} px; {epochs} timed epoch(s) per side after one warm-up", flush=True)
         started = time.perf_counter()
-        x, y = data.load_images(root, index.items, classes, args.image_size, cache_dir=Path(tmp) / "cache")
+        x, y = dataset.load_images(root, index.items, classes, args.image_size, cache_dir=Path(tmp) / "cache")
         build = time.perf_counter() - started
         started = time.perf_counter()
-        x, y = data.load_images(root, index.items, classes, args.image_size, cache_dir=Path(tmp) / "cache")
+        x, y = dataset.load_images(root, index.items, classes, args.image_size, cache_dir=Path(tmp) / "cache")
         reopen = time.perf_counter() - started
         batches = Batches(x, y, TrialParams(batch_size=args.batch_size, image_size=args.image_size), classes,
                           torch.device("cpu"))

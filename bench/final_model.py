@@ -65,9 +65,9 @@ space:
 
 def imbalanced_folder(root: Path) -> Path:
     """COUNTS real images per class, copied from the embedded Animal-MNIST folder."""
-    from trainables import data
+    from trainables.data import dataset
 
-    source = data.resolve_source("animal-mnist")
+    source = dataset.resolve_source("animal-mnist")
     for cls, n in COUNTS.items():
         (root / cls).mkdir(parents=True)
         for f in sorted((source / cls).glob("*.png"))[:n]:

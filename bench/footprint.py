@@ -1,4 +1,4 @@
-"""What measuring a trial's model costs the trial: `trainables.footprint` against a one-epoch trial.
+"""What measuring a trial's model costs the trial: `trainables.models.footprint` against a one-epoch trial.
 
 Each trial measures its model once, before its first epoch (parameters, weights size, and the
 median of 20 batch-1 forward passes on one CPU thread, after 3 warm-up ones); later trials of
@@ -48,7 +48,7 @@ TRIALS = {
 
 def one_trial(knobs: dict, context, footprints: Path) -> tuple[float, dict]:
     """A one-epoch trial measuring into the empty folder FOOTPRINTS: its seconds and last report."""
-    from trainables import sessions, train_loop
+    from trainables.trial import sessions, train_loop
 
     context = dataclasses.replace(context, footprint_dir=str(footprints))
     session = sessions.LocalSession(device="cpu")
@@ -59,11 +59,11 @@ def one_trial(knobs: dict, context, footprints: Path) -> tuple[float, dict]:
 
 def decode(context, image_size: int) -> None:
     """The train and val images into the image cache, before any trial (as search.launch.warm_cache)."""
-    from trainables import data
+    from trainables.data import dataset
 
     for split in ("train", "val"):
-        items = data.read_split(context.split_file, (split,))
-        data.load_images(context.data_root, items, list(context.class_names), image_size, context.cache_dir)
+        items = dataset.read_split(context.split_file, (split,))
+        dataset.load_images(context.data_root, items, list(context.class_names), image_size, context.cache_dir)
 
 
 def main(argv=None) -> int:
@@ -78,14 +78,14 @@ def main(argv=None) -> int:
     import torch
 
     from search import launch, space
-    from trainables import data
+    from trainables.data import dataset
 
     torch.set_num_threads(1)  # a search's trial: cpus_per_worker 1
     shares: dict[str, list[float]] = {name: [] for name in TRIALS}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        index = data.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
-        data.save_split(index, tmp / "split.csv")
+        index = dataset.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
+        dataset.save_split(index, tmp / "split.csv")
         context = launch.trial_context(space.SpaceFile(), index.root, index.classes, tmp / "split.csv", tmp)
         decode(context, args.image_size)
         print(f"{sum(index.counts()['train'].values())} train images, one epoch at {args.image_size} px, one torch "

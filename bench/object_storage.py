@@ -44,7 +44,7 @@ GOAL = 1.5
 
 
 def images(dest: Path, per_class: int) -> Path:
-    from trainables.data import resolve_source
+    from trainables.data.dataset import resolve_source
 
     src = resolve_source("animal-mnist")
     for cls in sorted(p.name for p in src.iterdir() if p.is_dir()):

@@ -1,12 +1,12 @@
 """Per-trial overhead of both trial runtimes (start, report, stop) vs. the same work in-process.
 
-A search trial runs in one of two runtimes (trainables/driver.py), and this measures both, on
+A search trial runs in one of two runtimes (trainables/trial/driver.py), and this measures both, on
 one local Ray cluster started the way `search.launch.start_ray` starts it:
 
 - `actor` (the default for single-worker trials): the trial trains in its own Tune actor,
-  reporting with `ray.tune.report` and a `tune.Checkpoint` (`trainables.sessions.TuneSession`),
+  reporting with `ray.tune.report` and a `tune.Checkpoint` (`trainables.trial.sessions.TuneSession`),
   and Tune reuses that actor for the next trial (`reuse_actors=True`);
-- `ray_train` (multi-worker trials, or `resources.use_ray_train`): `trainables.driver.fit_trainer`
+- `ray_train` (multi-worker trials, or `resources.use_ray_train`): `trainables.trial.driver.fit_trainer`
   fits one `TorchTrainer` per trial (a Train controller, a placement group, a worker actor).
 
 The work is trivial on purpose: a tiny MLP, a few SGD steps, and two epochs each reported with
@@ -66,17 +66,17 @@ def work(config: dict, report) -> None:
 
 def ray_loop(loop_config: dict) -> None:
     """Runs in the Train worker: reports as a search's trial does (`RayTrainSession`)."""
-    from trainables.sessions import RayTrainSession
+    from trainables.trial.sessions import RayTrainSession
 
     work(loop_config["config"], RayTrainSession().report)
 
 
 def bench_trial(config: dict, context) -> None:
     """The Tune trial, in the runtime `config['runtime']` names, with the trivial loop."""
-    from trainables import driver
+    from trainables.trial import driver
 
     if config["runtime"] == "actor":
-        from trainables.sessions import TuneSession
+        from trainables.trial.sessions import TuneSession
 
         driver.release_memory()
         work(config, TuneSession().report)

@@ -1,13 +1,13 @@
 """Training images/s of a search trial (the reused Tune actor) against a bare PyTorch loop, side by side.
 
 Both arms train the same model, from the same builders, with the same batch size, optimizer,
-memory format (`trainables.models.prefers_channels_last`: channels_last on a GPU, and on a CPU
+memory format (`trainables.models.registry.prefers_channels_last`: channels_last on a GPU, and on a CPU
 for EfficientNet, MobileNet and our `cnn`), the same data path (a sorted gather from the
 memory-mapped image cache, normalised on the device) and the same number of torch threads:
 
 - `bare`: a plain loop in this process (gather, normalise, forward, backward, step);
 - `actor`: the search's own trial, `search.tuner.trainable(context)`, in a real Tune actor on
-  a local Ray cluster, as every single-worker trial runs (`trainables.driver.fit_in_actor`); it
+  a local Ray cluster, as every single-worker trial runs (`trainables.trial.driver.fit_in_actor`); it
   reports `train_images_per_s` each epoch, timed around the training steps (start-up is
   bench/overhead.py's subject). The cluster has exactly the trial's CPUs, so the trial's
   torch threads (`TuneSession.epoch_started` adds idle CPUs) equal the bare loop's.
@@ -46,20 +46,20 @@ def prepare_context(tmp: Path, per_class: int, cpus: int, gpus: int):
     """The TrialContext of a search of the embedded images with these resources per trial, its
     train and val images decoded into the cache first (as `search.run` does before any trial)."""
     from search import launch, space
-    from trainables import data
+    from trainables.data import dataset
 
-    index = data.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
-    data.save_split(index, tmp / "split.csv")
+    index = dataset.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
+    dataset.save_split(index, tmp / "split.csv")
     spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": cpus, "gpus_per_worker": gpus}})
     return launch.trial_context(spec, index.root, index.classes, tmp / "split.csv", tmp)
 
 
 def warm_cache(context, image_size: int) -> None:
-    from trainables import data
+    from trainables.data import dataset
 
     for split in ("train", "val"):
-        items = data.read_split(context.split_file, (split,))
-        data.load_images(context.data_root, items, list(context.class_names), image_size, context.cache_dir)
+        items = dataset.read_split(context.split_file, (split,))
+        dataset.load_images(context.data_root, items, list(context.class_names), image_size, context.cache_dir)
 
 
 def bare_loop(config: dict, context, device) -> float:
@@ -67,24 +67,26 @@ def bare_loop(config: dict, context, device) -> float:
     import torch
     import torch.nn.functional as F
 
-    from trainables import data, models, optim, precision, preprocess
+    from trainables.data import dataset
+    from trainables.models import preprocess, registry
     from trainables.params import TrialParams
+    from trainables.trial import optim, precision
 
     p = TrialParams.model_validate(config)
     torch.manual_seed(p.seed)
-    items = data.read_split(context.split_file, ("train",))
-    x, y = data.load_images(context.data_root, items, list(context.class_names), p.image_size, context.cache_dir)
+    items = dataset.read_split(context.split_file, ("train",))
+    x, y = dataset.load_images(context.data_root, items, list(context.class_names), p.image_size, context.cache_dir)
     array = x.numpy()
     meta = preprocess.resolve(p.model_dump())
     scale = (1 / (255 * torch.tensor(meta["std"]).view(1, 3, 1, 1))).to(device)
     shift = (torch.tensor(meta["mean"]) / torch.tensor(meta["std"])).view(1, 3, 1, 1).to(device)
-    model = models.build(p.model_dump(), len(context.class_names)).to(device)
-    nhwc = models.prefers_channels_last(p.model, device)
+    model = registry.build(p.model_dump(), len(context.class_names)).to(device)
+    nhwc = registry.prefers_channels_last(p.model, device)
     if nhwc:
         model = model.to(memory_format=torch.channels_last)
-    opt = optim.make_optimizer(p, *models.param_groups(model))
+    opt = optim.make_optimizer(p, *registry.param_groups(model))
     amp = p.mixed_precision and device.type == "cuda"
-    models.set_train_mode(model)
+    registry.set_train_mode(model)
     rate = 0.0
     for _ in range(p.epochs):
         started, seen = time.perf_counter(), 0
@@ -169,9 +171,9 @@ def main(argv=None) -> int:
              "batch_size": args.batch_size, "epochs": args.epochs, "lr": 1e-3}
     if args.quick:
         knobs.update(model="cnn", pretrained=False, image_size=32, epochs=2)
-    from trainables import models
+    from trainables.models import registry
 
-    nhwc = models.prefers_channels_last(knobs["model"], device)
+    nhwc = registry.prefers_channels_last(knobs["model"], device)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("HPO_CACHE_DIR", str(Path(tmp) / "cache"))
         context = prepare_context(Path(tmp), 30 if args.quick else args.per_class, cpus, 1 if gpu else 0)

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from trainables import cache_budget, image_cache
-from trainables.data import default_cache_dir
+from trainables.data import cache_budget, image_cache
+from trainables.data.dataset import default_cache_dir
 
 GB = cache_budget.GB
 human = cache_budget.human

@@ -24,9 +24,11 @@ from search.location import ResultsLocation, under
 from search.outcome import SearchOutcome
 from search.preflight import Preflight
 from search.record import AshaSettings, Objective, SearchRecord
-from trainables import data, ray_internals, remote
+from trainables import ray_internals
 from trainables.context import CONTEXT_FILE, FOOTPRINTS_DIR, TRAIN_RUNS, TrialContext
+from trainables.data import dataset
 from trainables.params import TrialParams
+from trainables.storage import remote
 
 # what write_inputs saves, search.json last
 INPUT_FILES = ["space.yaml", "split.csv", "data.json", CONTEXT_FILE, results_folder.SEARCH_FILE]
@@ -45,8 +47,8 @@ def write_inputs(exp_dir: Path, spec, index, name: str, study_url: str | None = 
     results = results or str(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "space.yaml").write_text(space_mod.describe(spec))
-    data.save_split(index, exp_dir / "split.csv")
-    (exp_dir / "data.json").write_text(json.dumps(data.summary(index), indent=2))
+    dataset.save_split(index, exp_dir / "split.csv")
+    (exp_dir / "data.json").write_text(json.dumps(dataset.summary(index), indent=2))
     s = spec.search
     record = SearchRecord(
         name=name, objectives=tuple(Objective(*o) for o in s.objectives), limits=s.constraints.limits(),
@@ -75,7 +77,7 @@ def trial_context(spec, data_root, class_names: list[str], split_file, results) 
     results = str(results)
     in_bucket = remote.is_uri(results) or remote.is_uri(str(data_root))
     cache_dir = ("" if in_bucket and not spec.data.cache_dir else
-                 str(Path(spec.data.cache_dir or data.default_cache_dir()).expanduser().resolve()))
+                 str(Path(spec.data.cache_dir or dataset.default_cache_dir()).expanduser().resolve()))
     return TrialContext(
         data_root=str(data_root), split_file=str(split_file), class_names=tuple(class_names),
         metric=spec.search.asha_metric, mode=spec.search.asha_mode, limits=spec.search.constraints.limits(),
@@ -354,7 +356,7 @@ def warm_cache(spec, context: TrialContext) -> None:
         return
     sizes = knob.values() if knob is not None else [TrialParams().image_size]
     for split_name in ("train", "val"):
-        items = data.read_split(context.split_file, (split_name,))
+        items = dataset.read_split(context.split_file, (split_name,))
         for size in sorted(set(sizes)):
-            data.load_images(context.data_root, items, list(context.class_names), int(size), context.cache_dir,
+            dataset.load_images(context.data_root, items, list(context.class_names), int(size), context.cache_dir,
                              stream=sys.stdout, cache_max_gb=context.cache_max_gb)

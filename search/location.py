@@ -14,7 +14,7 @@ from pathlib import Path
 
 from search import remote_results
 from search.errors import UserError
-from trainables import remote
+from trainables.storage import remote
 
 
 def storage_root(storage: str) -> str:

@@ -16,7 +16,7 @@ from search import results_folder
 from search.cli import SearchRequest, resume_command
 from search.duration import say
 from search.record import SearchRecord
-from trainables import data
+from trainables.data import dataset
 
 EXIT_INTERRUPTED = 130  # as a shell reports a Ctrl-C
 
@@ -43,10 +43,10 @@ def print_data_summary(summ: dict) -> None:
     print(f"data: {summ['root']} — {summ['images']} images, {len(summ['classes'])} classes"
           f"{' (pre-split)' if summ['presplit'] else ''}, imbalance ratio {summ['imbalance_ratio']}")
     width = max(len(k) for k in summ["classes"])
-    print(f"  {'class':<{width}}  " + "  ".join(f"{s:>5}" for s in data.SPLITS))
+    print(f"  {'class':<{width}}  " + "  ".join(f"{s:>5}" for s in dataset.SPLITS))
     for k in summ["classes"]:
-        print(f"  {k:<{width}}  " + "  ".join(f"{c[s][k]:>5}" for s in data.SPLITS))
-    print(f"  {'total':<{width}}  " + "  ".join(f"{sum(c[s].values()):>5}" for s in data.SPLITS))
+        print(f"  {k:<{width}}  " + "  ".join(f"{c[s][k]:>5}" for s in dataset.SPLITS))
+    print(f"  {'total':<{width}}  " + "  ".join(f"{sum(c[s].values()):>5}" for s in dataset.SPLITS))
     dup = summ["duplicates"]
     if dup["duplicate_groups"]:
         print(f"  {dup['duplicate_images']} byte-identical images in {dup['duplicate_groups']} groups, "

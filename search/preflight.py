@@ -19,7 +19,8 @@ from search.cli import SearchRequest
 from search.duration import parse_duration
 from search.errors import UserError
 from search.location import ResultsLocation, storage_root
-from trainables import cache_budget, data, remote
+from trainables.data import cache_budget, dataset
+from trainables.storage import remote
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Preflight:
     request: SearchRequest
     spec: space_mod.SpaceFile
     name: str
-    index: data.DataIndex
+    index: dataset.DataIndex
     location: ResultsLocation
     state: dict | None = None  # the search already in the results folder (only with --resume)
     warm_start_dir: str | None = None  # --warm-start's results folder here (a bucket's: this machine's copy)
@@ -38,8 +39,8 @@ class Preflight:
 def check(request: SearchRequest) -> Preflight:
     """Check REQUEST as far as it can be without Ray (for --dry-run: the space and data only).
     Raises UserError."""
-    from trainables.images import DataError
-    from trainables.models import ModelError
+    from trainables.data.images import DataError
+    from trainables.models.registry import ModelError
 
     try:
         spec, name, index = _space_and_data(request)
@@ -70,8 +71,9 @@ def _space_and_data(request: SearchRequest) -> tuple:
         cache_budget.cap_bytes(d.cache_max_gb)  # a bad HPO_CACHE_MAX_GB is found before anything starts
     except cache_budget.CacheFull as e:
         raise UserError(str(e)) from None
-    index = data.prepare(d.source, d.split.model_dump(exclude={"seed"}), d.split.seed, d.limit_per_class, d.cache_dir,
-                         d.conflicting_labels, stream=sys.stdout)
+    fractions = d.split.model_dump(exclude={"seed"})
+    index = dataset.prepare(d.source, fractions, d.split.seed, d.limit_per_class, d.cache_dir, d.conflicting_labels,
+                            stream=sys.stdout)
     space_mod.check_classes(request.space, spec, index.classes)
     space_mod.check_pretrained_weights(request.space, spec)
     return spec, name, index

@@ -98,7 +98,7 @@ class Uploader(Callback):
 
     def _upload(self) -> None:
         from search.remote_results import push
-        from trainables.remote import StorageError
+        from trainables.storage.remote import StorageError
 
         self.last = time.time()
         missing = [n for n in self.names if not (self.local / n).is_file()]

@@ -63,7 +63,7 @@ def best_column(metric: str) -> str:
 class SearchRecord:
     name: str  # the experiment's, and its Optuna study's
     objectives: tuple[Objective, ...]  # the first: the validation metric ASHA stops trials on
-    limits: dict[str, float]  # figure (trainables.limits) -> largest allowed value; empty: no constraints
+    limits: dict[str, float]  # figure (trainables.models.limits) -> largest allowed value; empty: no constraints
     knobs: tuple[str, ...]  # the searched knobs, in the space's order
     distributions: dict[str, dict]  # knob -> its Optuna distribution, as optuna's distribution_to_json writes it
     scheduler: AshaSettings

@@ -11,10 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from trainables import remote
 from trainables.context import TRAIN_RUNS
-from trainables.data import default_cache_dir
+from trainables.data.dataset import default_cache_dir
 from trainables.ray_internals import CHECKPOINT_PREFIX
+from trainables.storage import remote
 
 JOURNAL = "optuna.journal"  # the study's journal: appended to, so the longer copy is the newer
 

@@ -24,7 +24,7 @@ import pandas as pd
 from search import tune_files
 from search.record import RecordVersionError, SearchRecord
 from trainables.context import TRAIN_RUNS, TrialContext
-from trainables.limits import COSTS, FIGURES, describe_over, within
+from trainables.models.limits import COSTS, FIGURES, describe_over, within
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.csv"
@@ -85,7 +85,7 @@ def _process_died(text: str) -> str | None:
 def classify_failure(text: str, config: dict) -> tuple[str, str]:
     """(status, reason) of a failed trial from its traceback text: 'diverged' or 'error', and why."""
     found = _exception_lines(text)
-    # a Ray Train worker's own exception line, kept whole by trainables.train_loop.WorkerError
+    # a Ray Train worker's own exception line, kept whole by trainables.trial.train_loop.WorkerError
     worker = [m.group(2)[:300] for m in found if m.group(1) == "WorkerError"]
     diverged = [m.group(2) for m in found if m.group(1) == "TrialDiverged"]
     diverged += [w.split(": ", 1)[1] for w in worker if w.startswith("TrialDiverged: ")]
@@ -286,7 +286,7 @@ def front(table: pd.DataFrame, record: SearchRecord) -> pd.DataFrame:
 
 
 def _footprint(reports: pd.DataFrame) -> dict:
-    """What the trial's model costs to run (trainables.footprint), from its last report that has them."""
+    """What the trial's model costs to run (trainables.models.footprint), from its last report that has them."""
     return {c: float(reports[c].dropna().iloc[-1]) for c in FIGURES if c in reports and reports[c].notna().any()}
 
 

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from search import tune_files
-from trainables import remote
 from trainables.ray_internals import CHECKPOINT_DIR_NAME, CHECKPOINT_PREFIX, RESULTS_FILE
+from trainables.storage import remote
 
 
 def reconcile(results: str, local: Path) -> list[str]:

@@ -14,8 +14,9 @@ import time
 from search import cli, launch, outcome, preflight
 from search import space as space_mod
 from search.errors import EXIT_BAD_INPUT, UserError
-from trainables import data, remote
-from trainables.images import DataError
+from trainables.data import dataset
+from trainables.data.images import DataError
+from trainables.storage import remote
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    outcome.print_data_summary(data.summary(checked.index))
+    outcome.print_data_summary(dataset.summary(checked.index))
     if request.dry_run:
         print("\nresolved space:\n" + space_mod.describe(checked.spec))
         return 0

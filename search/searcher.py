@@ -28,7 +28,7 @@ class EpochOptunaSearch(OptunaSearch):
     """OptunaSearch that reports per epoch, tells ASHA-stopped trials to Optuna as PRUNED, and
     tells it each trial's model footprint and how far over the search's LIMITS it is.
 
-    The footprint (trainables.footprint) becomes the Optuna trial's user attributes, and each
+    The footprint (trainables.models.footprint) becomes the Optuna trial's user attributes, and each
     limit a constraint (`Trial.set_constraint`: `limits.violation`, > 0 infeasible), which TPE
     ranks below every feasible trial; a trial over a limit was never trained and ends PRUNED. In
     a multi-objective search (METRIC a list: a validation metric, then costs) the values told are
@@ -84,7 +84,7 @@ class EpochOptunaSearch(OptunaSearch):
         trial = optuna_trials(self)[trial_id]
         if result.get("latency_ms") is None or "latency_ms" in trial.user_attrs:
             return
-        from trainables.limits import FIGURES, violation
+        from trainables.models.limits import FIGURES, violation
 
         for name in (*FIGURES, "infeasible"):
             if result.get(name) is not None:

@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from search.duration import parse_duration
 from search.errors import UserError
-from trainables import limits
 from trainables.context import Resources
+from trainables.models import limits
 from trainables.params import KNOBS, TrialParams, knob_metadata, nesterov_problem
 
 METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_min_recall": "max", "val_loss": "min"}
-# what a trial's model costs (trainables.footprint): objectives after the first, and constraints
+# what a trial's model costs (trainables.models.footprint): objectives after the first, and constraints
 COSTS = {name: "min" for name in limits.COSTS}
 OBJECTIVES = {**METRICS, **COSTS}  # each with the direction it is optimised in
 DEFAULT_TRIALS = 8  # num_samples: auto without a time budget
@@ -80,7 +80,7 @@ Mode = Literal["max", "min"]
 
 
 class ConstraintsSpec(_Strict):
-    """Largest allowed figures of a trial's model (trainables.footprint); a configuration over one
+    """Largest allowed figures of a trial's model (trainables.models.footprint); a configuration over one
     is not trained, and the sampler is told it is infeasible."""
 
     max_latency_ms: Optional[float] = Field(None, gt=0, description="batch-1 latency on one CPU thread, at the "
@@ -360,7 +360,7 @@ def _check_knob(path: Path, name: str, knob: Knob, earlier: list[str]) -> Knob:
         if name == "pretrained" and isinstance(out, str) and not Path(out).expanduser().is_file():
             raise _fail(path, key, f"weights file {out!r} does not exist; pretrained is true, false or a weights file")
         if name == "model":
-            from trainables.models import ModelError, check_name
+            from trainables.models.registry import ModelError, check_name
 
             try:
                 check_name(out)
@@ -486,7 +486,7 @@ def _check_consistency(path: Path, spec: SpaceFile) -> None:
 def _check_pretrained_models(path: Path, models_: list, conds: list | None) -> None:
     """Pretrained weights may be asked (where `when: {model: CONDS}` allows) only of models the
     registry says can start from them."""
-    from trainables.models import can_be_pretrained
+    from trainables.models.registry import can_be_pretrained
 
     for m in models_:
         if not can_be_pretrained(m) and (conds is None or m in conds):
@@ -537,7 +537,7 @@ def _check_applies(path: Path, spec: SpaceFile, models_: list) -> None:
 
 def check_classes(path: str | Path, spec: SpaceFile, classes: list[str]) -> None:
     """`class_multipliers` must name classes the data has; known only once the data is scanned."""
-    from trainables.imbalance import unknown_multiplier_class
+    from trainables.trial.imbalance import unknown_multiplier_class
 
     knob = spec.knobs.get("class_multipliers")
     for value in knob.values() if knob else []:
@@ -557,7 +557,7 @@ def check_pretrained_weights(path: str | Path, spec: SpaceFile) -> None:
     """Every timm model the space can train with `pretrained: true` can get its weights here.
 
     Called by the search before Ray starts (not by `load`, which also rereads a results folder's space.yaml)."""
-    from trainables.models import OWN_MODELS, missing_pretrained_weights
+    from trainables.models.registry import OWN_MODELS, missing_pretrained_weights
 
     k = spec.knobs
     if "pretrained" not in k or True not in k["pretrained"].values():

@@ -1,6 +1,6 @@
 """Stop a search whose bucket stopped answering, with one line that says how to go on.
 
-Every request to the bucket waits out an outage up to `trainables.remote.OUTAGE_LIMIT_S` (the AWS
+Every request to the bucket waits out an outage up to `trainables.storage.remote.OUTAGE_LIMIT_S` (the AWS
 SDK retries it), in the driver and in the trials alike, so a storage server that restarts costs
 the search only the wait. Past the limit a request fails: in a trial, the trial fails because
 it could not save its checkpoint; in the driver, Tune logs the failed upload of its state (with
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ray import tune
 
-from trainables import ray_internals, remote
+from trainables import ray_internals
+from trainables.storage import remote
 
 PROBE_EVERY_S = 30.0  # how often the driver checks that the bucket answers
 # Ray 2.60's loggers for a failed upload of the experiment (with tracebacks); the watch says it once
@@ -68,6 +69,7 @@ class StorageWatch(tune.Callback):
             f.get_file_info(path)
         except (OSError, remote.StorageError) as e:
             if remote.unreachable(str(e)):
+                ray_internals.abandon_running_trials()  # their failures to save come after our one line
                 raise remote.StorageUnreachable(
                     f"object storage {self.uri} unreachable for over {remote.outage_limit_s():g} s; check it, "
                     f"then continue the search with: {self.resume}") from None

@@ -80,7 +80,7 @@ def warm_start(study, previous, dists: dict, limits: dict | None = None) -> tupl
     import optuna
     from optuna.trial import TrialState
 
-    from trainables.limits import over_limits, violation
+    from trainables.models.limits import over_limits, violation
 
     added, dropped = 0, set()
     for t in previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -112,7 +112,7 @@ def rerun_best(study, previous, dists: dict, limits: dict | None = None) -> dict
     first, so it has the earlier search's best in hand from its first trial on, and TPE
     searches on from there. Returns the queued parameters (None: nothing fit, or its model is
     over LIMITS)."""
-    from trainables.limits import over_limits
+    from trainables.models.limits import over_limits
 
     if len(previous.directions) > 1:  # a multi-objective study has a front, not one best
         return None

@@ -1,6 +1,6 @@
 """Build the Ray Tune `Tuner`: Optuna TPE (seeded, define-by-run, its study live in a storage) + ASHA.
 
-A trial runs in one of two runtimes (see trainables/driver.py): single-worker trials train in
+A trial runs in one of two runtimes (see trainables/trial/driver.py): single-worker trials train in
 their own Tune actor, reused from trial to trial, holding the worker's CPUs/GPUs and retried
 by Tune's FailureConfig; multi-worker trials (or `resources.use_ray_train`) fit a TorchTrainer,
 whose Tune actor holds only a `trial_driver` token (so drivers never starve their own Train
@@ -18,8 +18,8 @@ import math
 
 from search.optuna_space import YamlSpace
 from search.space import SpaceFile
-from trainables import remote
 from trainables.context import TrialContext
+from trainables.storage import remote
 
 DRIVER_TOKEN = "trial_driver"
 AUTOSCALE_CAP = 64  # trials at once on a cluster still scaling up, when the time budget bounds the trials
@@ -63,7 +63,7 @@ def trainable(context: TrialContext):
     """The trial function with its context and resources; Tuner.restore checks that the name matches."""
     from ray import tune
 
-    from trainables.driver import run_trial
+    from trainables.trial.driver import run_trial
 
     fn = tune.with_parameters(run_trial, context=context)
     r = context.resources
@@ -155,7 +155,7 @@ def build(spec: SpaceFile, context: TrialContext, search_alg, storage: str, name
             verbose=0,
             callbacks=list(callbacks),
             stop=budget.BudgetStopper(s.scheduler.grace_period) if s.time else None,
-            # a TorchTrainer trial retries inside Train (trainables.driver); not twice
+            # a TorchTrainer trial retries inside Train (trainables.trial.driver); not twice
             failure_config=tune.FailureConfig(max_failures=s.max_failures if in_actor else 0),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoint.keep, checkpoint_score_attribute=s.asha_metric,

@@ -73,7 +73,7 @@ def _no_ray_process_survives_the_module():
 
 @pytest.fixture(scope="session")
 def animal_root():
-    from trainables.data import resolve_source
+    from trainables.data.dataset import resolve_source
 
     return resolve_source("animal-mnist")
 

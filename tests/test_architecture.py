@@ -24,7 +24,7 @@ def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
 def test_the_import_contracts_hold():
     out = _lint_imports(ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "Contracts: 2 kept, 0 broken." in out.stdout
+    assert "Contracts: 3 kept, 0 broken." in out.stdout
 
 
 @pytest.mark.timeout(320)
@@ -34,12 +34,26 @@ def test_a_reverse_import_breaks_the_layers_contract(tmp_path):
     for name in ("trainables", "search", "analysis"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "assets"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    metrics = tmp_path / "trainables" / "metrics.py"
+    metrics = tmp_path / "trainables" / "trial" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\n\ndef _ranked(results_dir):\n    from analysis import rank\n\n"
                        "    return rank\n")
     out = _lint_imports(tmp_path)
     assert out.returncode != 0
-    assert "BROKEN" in out.stdout and "trainables.metrics -> analysis.rank" in out.stdout, out.stdout[-3000:]
+    assert "BROKEN" in out.stdout and "trainables.trial.metrics -> analysis.rank" in out.stdout, out.stdout[-3000:]
+
+
+@pytest.mark.timeout(320)
+def test_a_model_that_imports_the_trial_breaks_the_sub_package_contract(tmp_path):
+    """Inside trainables too: a copy where a model module imports the train loop is refused."""
+    for name in ("trainables", "search", "analysis"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    registry = tmp_path / "trainables" / "models" / "registry.py"
+    registry.write_text(registry.read_text() + "\n\ndef _loop():\n    from trainables.trial import train_loop\n\n"
+                        "    return train_loop\n")
+    out = _lint_imports(tmp_path)
+    assert out.returncode != 0
+    assert "trainables.models.registry -> trainables.trial.train_loop" in out.stdout, out.stdout[-3000:]
 
 
 @pytest.mark.timeout(120)

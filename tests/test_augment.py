@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from trainables.augment import batch_mix, train_transform
+from trainables.models.augment import batch_mix, train_transform
 from trainables.params import TrialParams
 
 STRONG = {

@@ -14,14 +14,14 @@ import pytest
 
 from search import cache as cache_cli
 from tests.conftest import ROOT, make_folder, search_cli
-from trainables import cache_budget, data, image_cache, images
+from trainables.data import cache_budget, dataset, image_cache, images
 
 SIDE = 16  # bytes per decoded image: 3 * 16 * 16 = 768
 
 
 def _load(root, cache, size=SIDE, **kw):
-    index = data.scan(root)
-    return data.load_images(root, index.items, index.classes, size, cache_dir=cache, **kw)
+    index = dataset.scan(root)
+    return dataset.load_images(root, index.items, index.classes, size, cache_dir=cache, **kw)
 
 
 def _files(cache):
@@ -105,10 +105,10 @@ def test_a_full_disk_is_found_before_the_build(tmp_path, monkeypatch):
 _BUILD = """
 import sys
 from pathlib import Path
-from trainables import data
+from trainables.data import dataset
 root, cache = sys.argv[1], sys.argv[2]
-index = data.scan(Path(root))
-data.load_images(root, index.items, index.classes, 256, cache_dir=cache)
+index = dataset.scan(Path(root))
+dataset.load_images(root, index.items, index.classes, 256, cache_dir=cache)
 """
 
 

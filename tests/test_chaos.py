@@ -231,7 +231,7 @@ def test_the_bucket_file_system_waits_out_the_limit_also_in_the_processes_it_is_
     import pickle
     import socket
 
-    from trainables import remote
+    from trainables.storage import remote
 
     with socket.socket() as s:  # a port nothing listens on: every connection is refused
         s.bind(("127.0.0.1", 0))

@@ -7,13 +7,13 @@ from collections import Counter
 import pytest
 
 from tests.conftest import make_folder
-from trainables import data, images
+from trainables.data import dataset, images
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 def split_of(root, seed=0, limit=None):
-    return data.prepare(str(root), FRACTIONS, seed, limit)
+    return dataset.prepare(str(root), FRACTIONS, seed, limit)
 
 
 def test_split_is_stratified_disjoint_and_complete(folder):
@@ -38,16 +38,16 @@ def test_duplicates_stay_in_one_split(folder):
     for it in idx.items:
         where.setdefault(it.sha1, set()).add(it.split)
     assert all(len(s) == 1 for s in where.values())
-    rep = data.duplicate_report(idx)
+    rep = dataset.duplicate_report(idx)
     assert rep["duplicate_groups"] == 8 and rep["groups_across_splits"] == 0
 
 
 def test_split_is_saved_and_read_back_without_test(folder, tmp_path):
     idx = split_of(folder)
-    data.save_split(idx, tmp_path / "split.csv")
-    rows = data.read_split(tmp_path / "split.csv", ("train", "val"))
+    dataset.save_split(idx, tmp_path / "split.csv")
+    rows = dataset.read_split(tmp_path / "split.csv", ("train", "val"))
     assert len(rows) == 51 and not any(r.split == "test" for r in rows)
-    assert Counter(r.split for r in data.read_split(tmp_path / "split.csv", ("test",))) == {"test": 9}
+    assert Counter(r.split for r in dataset.read_split(tmp_path / "split.csv", ("test",))) == {"test": 9}
 
 
 def test_limit_per_class(folder):
@@ -56,7 +56,7 @@ def test_limit_per_class(folder):
 
 
 def test_presplit_folder_keeps_its_split_and_checks_class_names(tmp_path):
-    for s in data.SPLITS:
+    for s in dataset.SPLITS:
         make_folder(tmp_path / "pre" / s, {"x": 4, "y": 4}, seed=hash(s) % 100)
     idx = split_of(tmp_path / "pre")
     assert idx.presplit and idx.counts()["val"] == {"x": 4, "y": 4}
@@ -81,8 +81,8 @@ def test_non_images_are_skipped_and_listed(folder):
 
 
 def test_embedded_set_is_a_real_image_folder(animal_root):
-    idx = data.scan(animal_root)
+    idx = dataset.scan(animal_root)
     assert idx.classes == ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
     assert Counter(it.label for it in idx.items) == {c: 1000 for c in idx.classes}
-    x, y = data.load_images(animal_root, idx.items[:3], idx.classes, 20)
+    x, y = dataset.load_images(animal_root, idx.items[:3], idx.classes, 20)
     assert x.shape == (3, 3, 20, 20) and x.dtype.is_floating_point is False and int(x.max()) > 0

@@ -23,7 +23,8 @@ from search import results_folder, run, space
 from search import study as study_mod
 from tests.conftest import ROOT, search_cli, write_space
 from tests.test_train_loop import config_for
-from trainables import checkpoint, limits, sessions, train_loop
+from trainables.models import limits
+from trainables.trial import checkpoint, sessions, train_loop
 
 MAX_PARAMS_M = 0.05  # a 3-block cnn: width 4 and 8 are under it (0.002 M, 0.006 M), width 64 over (0.37 M)
 

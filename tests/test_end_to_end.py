@@ -28,9 +28,11 @@ from analysis import report as analysis_report
 from search import run, tune_files
 from search import study as study_mod
 from tests.conftest import ROOT, alive_pids, wait_until
-from trainables import checkpoint, data, inference
 from trainables.context import TrialContext
+from trainables.data import dataset
+from trainables.models import inference
 from trainables.params import TrialParams
+from trainables.trial import checkpoint
 
 
 def _trial_processes(exp) -> set[int]:
@@ -90,8 +92,8 @@ def test_search_rank_retrain(searched, tmp_path, animal_root, capsys):
     # The best checkpoint loads (weights_only) and predicts the val images better than chance.
     best = trials.sort_values("best_val_acc", ascending=False).iloc[0]
     model, meta = checkpoint.load(best["checkpoint"])
-    val = data.read_split(exp / "split.csv", ("val",))
-    x, y = data.load_images(animal_root, val, meta["class_names"], meta["image_size"])
+    val = dataset.read_split(exp / "split.csv", ("val",))
+    x, y = dataset.load_images(animal_root, val, meta["class_names"], meta["image_size"])
     acc = float((inference.predict(model, meta, x).argmax(1) == y).float().mean())
     assert acc == pytest.approx(best["best_val_acc"], abs=1e-6) and acc > 0.1
 

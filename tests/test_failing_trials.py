@@ -52,11 +52,11 @@ def test_a_train_workers_own_line_is_the_reason_even_when_ray_cut_it_from_the_tr
     text = ("ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 1 Error Snippet]:\n"
             "  File x\n... (Output truncated. See individual worker logs for full details) ...\n"
             "ine 12, in f\nParameter indices which did not receive grad for rank 1: 3 4\n"
-            "trainables.train_loop.WorkerError: RuntimeError: Expected to have finished reduction in the prior "
+            "trainables.trial.train_loop.WorkerError: RuntimeError: Expected to have finished reduction in the prior "
             "iteration before starting a new one.\n")
     assert results_folder.classify_failure(text, {}) == (
         "error", "RuntimeError: Expected to have finished reduction in the prior iteration before starting a new one.")
-    diverged = "trainables.train_loop.WorkerError: TrialDiverged: training loss became nan at epoch 1, step 3\n"
+    diverged = "trainables.trial.train_loop.WorkerError: TrialDiverged: training loss became nan at epoch 1, step 3\n"
     assert results_folder.classify_failure(diverged, {}) == ("diverged", "training loss became nan at epoch 1, step 3")
 
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from tests.test_train_loop import config_for
-from trainables import checkpoint, footprint, models, sessions, train_loop
+from trainables.models import footprint, registry
+from trainables.trial import checkpoint, sessions, train_loop
 
 
 @pytest.mark.timeout(300)
 def test_the_same_model_measures_the_same_twice_and_is_left_as_it_was(tmp_path):
-    model = models.build({"model": "efficientnet_lite0", "pretrained": False}, 3).train()
+    model = registry.build({"model": "efficientnet_lite0", "pretrained": False}, 3).train()
     threads = torch.get_num_threads()
     first = footprint.measure(model, 64, torch.device("cpu"), 8)
     second = footprint.measure(model, 64, torch.device("cpu"), 8)
@@ -26,7 +27,7 @@ def test_the_same_model_measures_the_same_twice_and_is_left_as_it_was(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_a_larger_image_takes_longer():
-    model = models.build({"model": "cnn", "cnn_width": 32, "cnn_blocks": 3}, 3)
+    model = registry.build({"model": "cnn", "cnn_width": 32, "cnn_blocks": 3}, 3)
     small = footprint.cpu_latency_ms(model, 16)
     large = footprint.cpu_latency_ms(model, 128)
     assert large > 3 * small  # 64 times the pixels
@@ -46,13 +47,13 @@ def test_one_architecture_is_measured_once_per_machine_and_another_is_not_taken_
     """Two trials of one model (other learning rates, other weights) get one latency: measured
     apart on a busy machine, noise alone would set them apart on the accuracy/latency front."""
     cpu = torch.device("cpu")
-    first = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8}, 3), 32, cpu, 8, tmp_path)
-    again = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8, "seed": 5}, 3), 32, cpu, 8, tmp_path)
+    first = footprint.measure_once(registry.build({"model": "cnn", "cnn_width": 8}, 3), 32, cpu, 8, tmp_path)
+    again = footprint.measure_once(registry.build({"model": "cnn", "cnn_width": 8, "seed": 5}, 3), 32, cpu, 8, tmp_path)
     assert {k: v for k, v in again.items() if k != "footprint_s"} == \
         {k: v for k, v in first.items() if k != "footprint_s"}
     assert len(list(tmp_path.glob("*.json"))) == 1
-    wider = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 16}, 3), 32, cpu, 8, tmp_path)
-    larger = footprint.measure_once(models.build({"model": "cnn", "cnn_width": 8}, 3), 64, cpu, 8, tmp_path)
+    wider = footprint.measure_once(registry.build({"model": "cnn", "cnn_width": 16}, 3), 32, cpu, 8, tmp_path)
+    larger = footprint.measure_once(registry.build({"model": "cnn", "cnn_width": 8}, 3), 64, cpu, 8, tmp_path)
     assert wider["params_m"] > first["params_m"] and larger["params_m"] == first["params_m"]
     assert larger["latency_ms"] != first["latency_ms"]  # measured itself, at its own image size
     assert len(list(tmp_path.glob("*.json"))) == 3
@@ -60,7 +61,7 @@ def test_one_architecture_is_measured_once_per_machine_and_another_is_not_taken_
 
 def _measure_in_another_process(folder: str, queue) -> None:
     torch.set_num_threads(1)
-    model = models.build({"model": "cnn", "cnn_width": 16}, 3)
+    model = registry.build({"model": "cnn", "cnn_width": 16}, 3)
     queue.put(footprint.measure_once(model, 48, torch.device("cpu"), 8, folder)["latency_ms"])
 
 

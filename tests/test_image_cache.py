@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import data, image_cache, images
+from trainables.data import dataset, image_cache, images
 from trainables.params import TrialParams
-from trainables.train_loop import Batches
+from trainables.trial.train_loop import Batches
 
 
 def _jpeg_folder(root, n=6, side=96):
@@ -33,24 +33,24 @@ def _decoded_files(cache_dir):
 
 def test_reused_when_nothing_changed_rebuilt_when_an_image_changed(tmp_path):
     root = _jpeg_folder(tmp_path / "imgs")
-    index = data.scan(root)
+    index = dataset.scan(root)
     cache = tmp_path / "cache"
-    x1, y1 = data.load_images(root, index.items, index.classes, 24, cache_dir=cache)
+    x1, y1 = dataset.load_images(root, index.items, index.classes, 24, cache_dir=cache)
     [first] = _decoded_files(cache)
     stamp, inode = first.stat().st_mtime_ns, first.stat().st_ino
-    x2, _ = data.load_images(root, index.items, index.classes, 24, cache_dir=cache)
+    x2, _ = dataset.load_images(root, index.items, index.classes, 24, cache_dir=cache)
     assert _decoded_files(cache) == [first] and first.stat().st_ino == inode  # mapped again, not rebuilt
     assert torch.equal(x1, x2) and y1.tolist() == [0] * 6 + [1] * 6
 
     changed = root / index.items[3].path
     Image.new("RGB", (96, 96), (255, 0, 0)).save(changed, quality=95)
     os.utime(changed, ns=(stamp + 10**9, stamp + 10**9))  # a new mtime even on coarse clocks
-    x3, _ = data.load_images(root, index.items, index.classes, 24, cache_dir=cache)
+    x3, _ = dataset.load_images(root, index.items, index.classes, 24, cache_dir=cache)
     assert len(_decoded_files(cache)) == 2
     assert torch.equal(x3[:3], x1[:3]) and not torch.equal(x3[3], x1[3])
     assert x3[3, 0].float().mean() > 240 and x3[3, 1].float().mean() < 15  # the new red image
 
-    data.load_images(root, index.items, index.classes, 32, cache_dir=cache)  # another size: its own file
+    dataset.load_images(root, index.items, index.classes, 32, cache_dir=cache)  # another size: its own file
     assert len(_decoded_files(cache)) == 3
 
 
@@ -58,8 +58,8 @@ def test_trained_pixels_match_the_per_epoch_pil_pipeline(tmp_path):
     from torchvision import datasets, transforms
 
     root = _jpeg_folder(tmp_path / "imgs")
-    index = data.scan(root)
-    x, y = data.load_images(root, index.items, index.classes, 32, cache_dir=tmp_path / "cache")
+    index = dataset.scan(root)
+    x, y = dataset.load_images(root, index.items, index.classes, 32, cache_dir=tmp_path / "cache")
     batches = Batches(x, y, TrialParams(batch_size=4, image_size=32), index.classes, torch.device("cpu"))
     seen = {}
     for xb, yb in batches.epoch():  # what the train loop feeds the model (before normalising)
@@ -77,16 +77,16 @@ def test_trained_pixels_match_the_per_epoch_pil_pipeline(tmp_path):
 
 def test_an_image_broken_after_the_scan_is_named_not_skipped(tmp_path):
     root = _jpeg_folder(tmp_path / "imgs", n=3)
-    index = data.scan(root)
+    index = dataset.scan(root)
     (root / index.items[1].path).write_bytes(b"not a jpeg any more")
     with pytest.raises(images.DataError, match=r"a/1\.jpg: cannot decode image while building the cache"):
-        data.load_images(root, index.items, index.classes, 16, cache_dir=tmp_path / "cache")
+        dataset.load_images(root, index.items, index.classes, 16, cache_dir=tmp_path / "cache")
     assert not any((tmp_path / "cache" / "decoded").glob("*.npy"))  # nothing half-built left behind
 
 
 def test_the_key_covers_file_list_sizes_and_image_size(tmp_path):
     root = _jpeg_folder(tmp_path / "imgs", n=3)
-    paths = [it.path for it in data.scan(root).items]
+    paths = [it.path for it in dataset.scan(root).items]
     key = image_cache.cache_key(root, paths, 16)
     assert key == image_cache.cache_key(root, list(paths), 16)
     assert key != image_cache.cache_key(root, paths[:-1], 16)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import WeightedRandomSampler
 
-from trainables.imbalance import class_counts, loss_weights, sample_weights
 from trainables.params import TrialParams
+from trainables.trial.imbalance import class_counts, loss_weights, sample_weights
 
 NAMES = ["a", "b"]
 LABELS = torch.tensor([0] * 80 + [1] * 20)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, make_folder
-from trainables import data, images
+from trainables.data import dataset, images
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ def messy(tmp_path):
 
 
 def test_data_report_lists_what_was_skipped(messy):
-    idx = data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
-    summ = data.summary(idx)
+    idx = dataset.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    summ = dataset.summary(idx)
     assert summ["skipped_non_images"] == ["cat/README.txt"]
     assert [u["path"] for u in summ["unreadable_images"]] == ["dog/truncated.jpg"]
     assert "truncated" in summ["unreadable_images"][0]["error"].lower()
@@ -46,8 +46,8 @@ def test_data_report_lists_what_was_skipped(messy):
 
 
 def test_every_kept_image_decodes_to_rgb(messy):
-    idx = data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
-    x, _ = data.load_images(messy, idx.items, idx.classes, 8)
+    idx = dataset.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    x, _ = dataset.load_images(messy, idx.items, idx.classes, 8)
     assert x.shape == (len(idx.items), 3, 8, 8)
     assert images.open_rgb(messy / "fox" / "rgba.png", 4).getpixel((0, 0)) == (255, 255, 255)
     assert images.open_rgb(messy / "fox" / "cmyk.jpg", 4).getpixel((0, 0))[0] > 200  # CMYK red -> RGB red
@@ -63,12 +63,12 @@ def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
 def test_empty_class_and_class_with_too_few_images_name_the_class(messy):
     (messy / "empty").mkdir()
     with pytest.raises(images.DataError, match=r"\['empty'\] hold no readable images"):
-        data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+        dataset.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     shutil.rmtree(messy / "empty")
     for p in list((messy / "cat").glob("*.png"))[2:]:
         p.unlink()
     with pytest.raises(images.DataError, match="class 'cat' has 2 distinct image.*needs at least 3"):
-        data.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+        dataset.prepare(str(messy), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
 
 
 def test_cli_prints_the_data_report(messy):
@@ -97,7 +97,7 @@ def _same_images_under_two_classes(root):
 @pytest.mark.parametrize("seed", range(10))
 def test_identical_images_under_two_classes_stay_in_one_split(tmp_path, seed, mode):
     root = _same_images_under_two_classes(tmp_path / "imgs")
-    idx = data.prepare(str(root), {"train": 0.7, "val": 0.15, "test": 0.15}, seed, conflicting_labels=mode)
+    idx = dataset.prepare(str(root), {"train": 0.7, "val": 0.15, "test": 0.15}, seed, conflicting_labels=mode)
     assert len(idx.conflicting) == 6
     splits = {}
     for it in idx.items:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import ROOT
-from trainables import models, preprocess
+from trainables.models import preprocess, registry
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -20,17 +20,17 @@ IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian 
     {"model": "mobilenetv3_small_050"},
 ])
 def test_each_name_builds_and_outputs_k_logits(params):
-    m = models.build(params, num_classes=7).eval()
+    m = registry.build(params, num_classes=7).eval()
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
 def test_unknown_name_lists_close_matches():
-    with pytest.raises(models.ModelError, match=r"unknown model 'resnet19'.*resnet18"):
-        models.build({"model": "resnet19"}, 3)
+    with pytest.raises(registry.ModelError, match=r"unknown model 'resnet19'.*resnet18"):
+        registry.build({"model": "resnet19"}, 3)
 
 
 def test_embedded_lite0_weights_see_the_cat():
-    m = models.build({"model": "efficientnet_lite0", "pretrained": True}, 1000).eval()
+    m = registry.build({"model": "efficientnet_lite0", "pretrained": True}, 1000).eval()
     norm = preprocess.resolve({"model": "efficientnet_lite0", "pretrained": True})
     assert norm["mean"] == pytest.approx((0.485, 0.456, 0.406))  # timm's own data config, not a constant here
     img = Image.open(ROOT / "tests" / "data" / "chelsea.jpg").convert("RGB").resize((224, 224))
@@ -41,12 +41,12 @@ def test_embedded_lite0_weights_see_the_cat():
 
 
 def test_local_weights_file_loads_backbone_and_replaces_head(tmp_path):
-    src = models.build({"model": "resnet18"}, 1000)
+    src = registry.build({"model": "resnet18"}, 1000)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    m = models.build({"model": "resnet18", "pretrained": str(tmp_path / "w.pth")}, 4)
+    m = registry.build({"model": "resnet18", "pretrained": str(tmp_path / "w.pth")}, 4)
     assert torch.equal(m.conv1.weight, src.conv1.weight) and m.fc.out_features == 4
-    with pytest.raises(models.ModelError, match="does not exist"):
-        models.build({"model": "resnet18", "pretrained": str(tmp_path / "missing.pth")}, 4)
+    with pytest.raises(registry.ModelError, match="does not exist"):
+        registry.build({"model": "resnet18", "pretrained": str(tmp_path / "missing.pth")}, 4)
 
 
 def test_unreachable_hub_says_what_to_do(monkeypatch, tmp_path):
@@ -57,15 +57,15 @@ def test_unreachable_hub_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # empty cache: nothing to fall back on
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(models.ModelError, match="pretrained: false"):
-        models.build({"model": "resnet18", "pretrained": True}, 3)
+    with pytest.raises(registry.ModelError, match="pretrained: false"):
+        registry.build({"model": "resnet18", "pretrained": True}, 3)
 
 
 def _step(model):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     bn_before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    models.set_train_mode(model)
+    registry.set_train_mode(model)
     torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
     opt.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -75,8 +75,8 @@ def _step(model):
 
 @pytest.mark.parametrize("unfreeze", [0, 1, 2, "all"])
 def test_unfreezing_trains_only_the_top_blocks(unfreeze):
-    m = models.build({"model": "efficientnet_lite0", "pretrained": True, "unfreeze": unfreeze}, 3)
-    groups = models.backbone_groups(m)
+    m = registry.build({"model": "efficientnet_lite0", "pretrained": True, "unfreeze": unfreeze}, 3)
+    groups = registry.backbone_groups(m)
     n = len(groups) if unfreeze == "all" else unfreeze
     changed, bn_changed = _step(m)
     trainable = {p for g in groups[len(groups) - n:] for p in g} | {"classifier.weight", "classifier.bias"}
@@ -89,8 +89,8 @@ def test_unfreezing_trains_only_the_top_blocks(unfreeze):
 
 
 def test_unfreeze_counts_timm_stages_for_resnet():
-    m = models.build({"model": "resnet18", "pretrained": False}, 3)
-    models.set_trainable(m, 1)
+    m = registry.build({"model": "resnet18", "pretrained": False}, 3)
+    registry.set_trainable(m, 1)
     assert all(p.requires_grad == (n.startswith("layer4") or n.startswith("fc")) for n, p in m.named_parameters())
 
 
@@ -108,7 +108,7 @@ def _trains_one_step(model, size=16):
     (biases are left out: one before a batch norm gets no gradient)."""
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    models.set_train_mode(model)
+    registry.set_train_mode(model)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, size, size)), torch.tensor([0, 1]))
     loss.backward()
     opt.step()
@@ -141,7 +141,7 @@ CNN_VARIANTS = {  # knob -> (value, what shows it was used)
 
 
 def test_default_cnn_is_the_old_small_cnn_shape():
-    m = models.build(TINY, 3)
+    m = registry.build(TINY, 3)
     assert [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)] == [4, 8]
     assert _count(m, torch.nn.BatchNorm2d) == 2 and _count(m, torch.nn.ReLU) == 2
     assert _count(m, torch.nn.MaxPool2d) == 2 and all(c.bias is None for c in m.modules()
@@ -151,7 +151,7 @@ def test_default_cnn_is_the_old_small_cnn_shape():
 
 @pytest.mark.parametrize("knobs, used", CNN_VARIANTS.values(), ids=CNN_VARIANTS.keys())
 def test_each_cnn_knob_shapes_the_net_and_it_trains(knobs, used):
-    m = models.build({**TINY, **knobs}, 3)
+    m = registry.build({**TINY, **knobs}, 3)
     assert used(m)
     moved, weights = _trains_one_step(m)
     assert moved == weights
@@ -159,20 +159,20 @@ def test_each_cnn_knob_shapes_the_net_and_it_trains(knobs, used):
 
 
 def test_cnn_tiny_images_never_pool_to_nothing():
-    m = models.build({**TINY, "cnn_blocks": 6, "image_size": 8}, 3).eval()
+    m = registry.build({**TINY, "cnn_blocks": 6, "image_size": 8}, 3).eval()
     assert m.features(torch.randn(1, 3, 8, 8)).shape[-2:] == (1, 1)
 
 
 def test_valid_padding_too_deep_for_the_image_is_a_one_line_error():
-    with pytest.raises(models.ModelError) as e:
-        models.build({**TINY, "cnn_blocks": 3, "cnn_padding": "valid", "cnn_kernel": 5, "image_size": 16}, 3)
+    with pytest.raises(registry.ModelError) as e:
+        registry.build({**TINY, "cnn_blocks": 3, "cnn_padding": "valid", "cnn_kernel": 5, "image_size": 16}, 3)
     msg = str(e.value)
     assert "\n" not in msg
     assert all(s in msg for s in ("image_size 16", "cnn_blocks=3", "cnn_padding='valid'", "cnn_kernel=5"))
 
 
 def test_hidden_head_on_a_timm_model():
-    m = models.build({"model": "resnet18", "head_hidden": [512, 256], "head_batchnorm": True,
+    m = registry.build({"model": "resnet18", "head_hidden": [512, 256], "head_batchnorm": True,
                       "head_dropout": 0.3, "dropout": 0.1, "activation": "gelu"}, 4)
     assert isinstance(m.backbone, __import__("timm").models.ResNet) and m.backbone.drop_rate == 0  # dropout once
     assert [lin.out_features for lin in m.head if isinstance(lin, torch.nn.Linear)] == [512, 256, 4]
@@ -185,39 +185,39 @@ def test_hidden_head_on_a_timm_model():
 
 
 def test_no_hidden_head_keeps_timms_own_classifier():
-    m = models.build({"model": "resnet18", "dropout": 0.2, "head_batchnorm": True}, 4)
+    m = registry.build({"model": "resnet18", "dropout": 0.2, "head_batchnorm": True}, 4)
     assert type(m).__name__ == "ResNet" and m.drop_rate == 0.2 and m.fc.out_features == 4
     assert "fc.weight" in m.state_dict()
 
 
 def test_hidden_head_width_is_the_pooled_feature_width():
-    m = models.build({"model": "mobilenetv3_small_050", "head_hidden": [16]}, 3).eval()
+    m = registry.build({"model": "mobilenetv3_small_050", "head_hidden": [16]}, 3).eval()
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_embedded_lite0_weights_stay_under_a_hidden_head():
-    plain = models.build({"model": "efficientnet_lite0", "pretrained": True}, 3)
-    m = models.build({"model": "efficientnet_lite0", "pretrained": True, "head_hidden": [32]}, 3)
+    plain = registry.build({"model": "efficientnet_lite0", "pretrained": True}, 3)
+    m = registry.build({"model": "efficientnet_lite0", "pretrained": True, "head_hidden": [32]}, 3)
     assert torch.equal(m.backbone.conv_stem.weight, plain.conv_stem.weight)
     assert torch.equal(m.backbone.blocks[6][0].conv_pw.weight, plain.blocks[6][0].conv_pw.weight)
     assert m.backbone.num_classes == 0 and m.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_local_weights_file_loads_under_a_hidden_head_without_its_classifier(tmp_path):
-    src = models.build({"model": "resnet18"}, 1000)
+    src = registry.build({"model": "resnet18"}, 1000)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    m = models.build({"model": "resnet18", "pretrained": str(tmp_path / "w.pth"), "head_hidden": [8]}, 4)
+    m = registry.build({"model": "resnet18", "pretrained": str(tmp_path / "w.pth"), "head_hidden": [8]}, 4)
     assert torch.equal(m.backbone.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
     assert "backbone.fc.weight" not in m.state_dict()
 
 
 def test_unfreeze_zero_on_a_hidden_head_trains_only_the_head():
-    m = models.build({"model": "efficientnet_lite0", "pretrained": True, "unfreeze": 0, "head_hidden": [16]}, 3)
+    m = registry.build({"model": "efficientnet_lite0", "pretrained": True, "unfreeze": 0, "head_hidden": [16]}, 3)
     head = {f"head.{n}" for n, _ in m.head.named_parameters()}
     assert {n for n, p in m.named_parameters() if p.requires_grad} == head
-    groups = models.backbone_groups(m)
+    groups = registry.backbone_groups(m)
     assert all(n.startswith("backbone.") for g in groups for n in g)
-    models.set_trainable(m, 1)
+    registry.set_trainable(m, 1)
     assert {n for n, p in m.named_parameters() if p.requires_grad} == set(groups[-1]) | head
 
 
@@ -227,8 +227,8 @@ def test_unfreeze_zero_on_a_hidden_head_trains_only_the_head():
     ({**TINY, "head_hidden": [8]}, "head."),
 ])
 def test_param_groups_hold_every_parameter_once(params, head):
-    m = models.build(params, 3)
-    backbone, head_params = models.param_groups(m)
+    m = registry.build(params, 3)
+    backbone, head_params = registry.param_groups(m)
     ids = [id(q) for q in backbone + head_params]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     assert any(not q.requires_grad for q in backbone) == (params.get("unfreeze") == 1)  # frozen ones included
@@ -237,9 +237,9 @@ def test_param_groups_hold_every_parameter_once(params, head):
 
 
 def test_cnn_blocks_are_its_backbone_blocks():
-    m = models.build({**TINY, "cnn_blocks": 3}, 3)
-    groups = models.backbone_groups(m)
+    m = registry.build({**TINY, "cnn_blocks": 3}, 3)
+    groups = registry.backbone_groups(m)
     assert [{n.split(".")[1] for n in g} for g in groups] == [{"0"}, {"1"}, {"2"}]
-    models.set_trainable(m, 1)
+    registry.set_trainable(m, 1)
     assert {n for n, p in m.named_parameters() if p.requires_grad} == set(groups[2]) | {
         n for n, _ in m.named_parameters() if n.startswith("head.")}

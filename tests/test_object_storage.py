@@ -101,14 +101,14 @@ def test_a_read_only_bucket_is_one_line_before_ray_starts(s3, tmp_path):
 def test_each_node_copies_the_images_once_and_again_when_one_changes(s3, tmp_path, monkeypatch):
     """The driver's copy follows the bucket (a changed object is fetched again, a removed one goes);
     a trial's copy holds the split's bytes, and refuses an image changed since the split."""
-    from trainables import data, remote_images
-    from trainables.images import DataError
+    from trainables.data import dataset, remote_images
+    from trainables.data.images import DataError
 
     for k, v in s3["env"].items():
         if k.startswith("AWS_"):
             monkeypatch.setenv(k, v)
     client, uri = s3["client"], "s3://hpo/images/"
-    index = data.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
+    index = dataset.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
     assert index.location == uri and index.skipped == ["notes.txt"]
     assert len(index.items) == 36 and index.root == remote_images.local_root(uri, tmp_path / "driver")
 
@@ -124,11 +124,11 @@ def test_each_node_copies_the_images_once_and_again_when_one_changes(s3, tmp_pat
                       .read_bytes())
     with pytest.raises(DataError, match=f"{changed.path}: changed in the bucket since the search split the data"):
         remote_images.fetch(uri, [index.items[1], changed], tmp_path / "node2")
-    again = data.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
+    again = dataset.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
     assert {it.path: it.sha1 for it in again.items}[changed.path] != changed.sha1  # fetched again, and rehashed
     assert os.path.getsize(again.root / changed.path) == (ROOT / "tests" / "data" / "chelsea.jpg").stat().st_size
     client.delete_object(Bucket="hpo", Key=f"images/{changed.path}")
-    gone = data.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
+    gone = dataset.prepare(uri, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, cache_dir=str(tmp_path / "driver"))
     assert len(gone.items) == 35 and not (gone.root / changed.path).exists()
 
 

@@ -6,8 +6,10 @@ import torch
 from analysis import predict
 from tests.conftest import require_extra, trial_context
 from tests.test_train_loop import config_for
-from trainables import checkpoint, data, export, preprocess, sessions, train_loop
-from trainables.plan import TrialPlan
+from trainables.data import dataset
+from trainables.models import export, preprocess
+from trainables.trial import checkpoint, sessions, train_loop
+from trainables.trial.plan import TrialPlan
 
 
 def trained_model(folder, tmp_path):
@@ -17,7 +19,7 @@ def trained_model(folder, tmp_path):
 
 def test_predict_returns_the_true_class_and_writes_a_grid(folder, tmp_path, capsys):
     model_dir = trained_model(folder, tmp_path)
-    test = data.read_split(tmp_path / "split.csv", ("test",))
+    test = dataset.read_split(tmp_path / "split.csv", ("test",))
     files = [folder / it.path for it in test]
     preds = predict.predict_files(model_dir, files, top=2)
     right = sum(p[0][0] == it.label for p, it in zip(preds, test))
@@ -33,7 +35,7 @@ def test_export_gives_the_same_logits_at_any_batch_size(folder, tmp_path):
     model, meta = checkpoint.load(trained_model(folder, tmp_path))
     x = torch.randint(0, 255, (8, 3, 12, 12), dtype=torch.uint8)
     assert export.export(model, meta, tmp_path / "model", x) < 1e-4
-    exported = torch.export.load(tmp_path / "model" / checkpoint.EXPORTED).module()
+    exported = torch.export.load(tmp_path / "model" / export.EXPORTED).module()
     for batch in (x[:1], x):
         xb = preprocess.normalize(batch, meta)
         assert torch.allclose(exported(xb), model(xb), atol=1e-4)
@@ -43,13 +45,13 @@ def test_predict_names_the_true_class_of_embedded_images(animal_root, tmp_path, 
     """A pretrained Lite0 with a freshly trained head, on the embedded animals: predict's top class
     is the true one for most unseen test images (chance is 1 in 10). At 48 px: at 32 px the frozen
     ImageNet features collapse to about 0 and a head alone cannot learn."""
-    idx = data.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, limit=60)
-    data.save_split(idx, tmp_path / "split.csv")
+    idx = dataset.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, limit=60)
+    dataset.save_split(idx, tmp_path / "split.csv")
     config = {"model": "efficientnet_lite0", "pretrained": True, "unfreeze": 0, "image_size": 48, "lr": 0.003,
               "batch_size": 32, "epochs": 3}
     train_loop.fit(config, trial_context(idx, tmp_path / "split.csv"), sessions.LocalSession(tmp_path / "model"),
                    TrialPlan.for_refit())
-    test = data.read_split(tmp_path / "split.csv", ("test",))
+    test = dataset.read_split(tmp_path / "split.csv", ("test",))
     assert predict.main([str(tmp_path / "model"), *[str(animal_root / it.path) for it in test], "--top", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     right = sum(line.split(": ")[1].split()[0] == it.label for line, it in zip(lines, test))

@@ -224,7 +224,7 @@ def test_reading_results_does_not_import_ray_tune_or_optuna():
     import subprocess
     import sys
 
-    code = ("import sys, search.tune_files, trainables.driver, trainables.ray_internals; "
+    code = ("import sys, search.tune_files, trainables.trial.driver, trainables.ray_internals; "
             "print(sorted(m for m in ('ray.tune', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=True)
     assert out.stdout.strip() == "[]"

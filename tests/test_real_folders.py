@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, make_folder, search_cli
-from trainables import data
+from trainables.data import dataset
 
 SMOKE = str(ROOT / "spaces" / "smoke.yaml")
 
@@ -126,7 +126,7 @@ def _truncated(root):
 
 def _pixel(root, rel, size=8):
     """What a trial trains on: the real loading code, through the decoded cache."""
-    x, _ = data.load_images(root, [data.Item(rel, "fox")], ["fox"], size, cache_dir=root.parent / "cache")
+    x, _ = dataset.load_images(root, [dataset.Item(rel, "fox")], ["fox"], size, cache_dir=root.parent / "cache")
     return x[0].permute(1, 2, 0).numpy()
 
 

@@ -12,8 +12,8 @@ from search import launch, results_folder, run
 from search import space as space_mod
 from search.record import SCHEMA_VERSION, AshaSettings, Objective, SearchRecord
 from tests.conftest import ROOT, write_space
-from trainables import data
 from trainables.context import Resources
+from trainables.data import dataset
 
 SMOKE = str(ROOT / "spaces" / "smoke.yaml")
 # what an hpo-finetune before schema_version wrote as search.json
@@ -63,7 +63,7 @@ def test_write_inputs_writes_the_record_and_context_the_readers_take(folder, tmp
     spec = space_mod.load(write_space(tmp_path / "s.yaml", "search: {num_samples: 2, metric: [val_acc, params_m]}\n"
                                       "resources: {cpus_per_worker: 2}\n"
                                       "space: {model: cnn, lr: {float: [1.0e-4, 1.0e-1], log: true}, epochs: 2}\n"))
-    index = data.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    index = dataset.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     exp = tmp_path / "res"
     record, context = launch.write_inputs(exp, spec, index, "t")
     assert results_folder.read_record(exp) == record and results_folder.read_context(exp) == context

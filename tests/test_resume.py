@@ -27,7 +27,7 @@ from tests.conftest import (
     stop_group,
     wait_until,
 )
-from trainables.train_loop import TEST_HOLD_DIR
+from trainables.trial.train_loop import TEST_HOLD_DIR
 
 
 def _strays(pgid: int) -> list[int]:

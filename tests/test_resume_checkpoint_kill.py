@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, folder_snapshot, search_cli, stop_group, wait_until
-from trainables import checkpoint
 from trainables.ray_internals import CHECKPOINT_DIR_NAME, CHECKPOINT_PREFIX
-from trainables.train_loop import TEST_HOLD_DIR
+from trainables.trial import checkpoint
+from trainables.trial.train_loop import TEST_HOLD_DIR
 
 GATE = "epoch-2"
 

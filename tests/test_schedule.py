@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.optim import make_optimizer
 from trainables.params import TrialParams
-from trainables.precision import autocast
-from trainables.schedule import EpochSchedule, trainable_blocks
+from trainables.trial.optim import make_optimizer
+from trainables.trial.precision import autocast
+from trainables.trial.schedule import EpochSchedule, trainable_blocks
 
 
 def optimizer(p):

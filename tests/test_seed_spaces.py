@@ -23,8 +23,9 @@ from search import run as run_cli
 from search import space
 from search.tuner import yaml_space
 from tests.conftest import ROOT, trial_context
-from trainables import data, sessions, train_loop
+from trainables.data import dataset
 from trainables.params import TrialParams
+from trainables.trial import sessions, train_loop
 
 SEEDS = Path(__file__).resolve().parents[1] / "spaces" / "seeds"
 LIMIT = 3  # images per class: 1 train, 1 val, 1 test; enough to run every code path
@@ -101,9 +102,9 @@ def split_file(tmp_path_factory):
 
     def get(fractions: tuple) -> tuple:
         if fractions not in made:
-            idx = data.prepare("animal-mnist", dict(zip(("train", "val", "test"), fractions)), 0, LIMIT)
+            idx = dataset.prepare("animal-mnist", dict(zip(("train", "val", "test"), fractions)), 0, LIMIT)
             path = tmp_path_factory.mktemp("split") / "split.csv"
-            data.save_split(idx, path)
+            dataset.save_split(idx, path)
             made[fractions] = idx, path
         return made[fractions]
 
@@ -123,7 +124,7 @@ def shrink_overrides(path: Path, shrink: dict, extra: list[str]) -> list[str]:
     points = raw.get("search", {}).get("points_to_evaluate", [])[:1]
     points = [{k: v for k, v in p.items() if k not in shrink} for p in points]
     return ([f"space.{k}={json.dumps(v)}" for k, v in shrink.items()]
-            + [f"search.points_to_evaluate={json.dumps(points)}", f"data.limit_per_class={LIMIT}",
+            + [f"search.points_to_evaluate={json.dumps(points)}", f"dataset.limit_per_class={LIMIT}",
                "search.scheduler.grace_period=1"] + extra)
 
 

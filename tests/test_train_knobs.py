@@ -5,7 +5,8 @@ import torch
 
 from tests.conftest import make_folder
 from tests.test_train_loop import config_for
-from trainables import checkpoint, models, sessions, train_loop
+from trainables.models import registry
+from trainables.trial import checkpoint, sessions, train_loop
 
 
 class Snapshots(sessions.LocalSession):
@@ -33,8 +34,8 @@ def test_head_stage_then_scheduled_unfreezing_of_the_top_block(folder, tmp_path)
                           epochs=2, image_size=32, lr=0.01, cnn_width=None)
     cfg.pop("cnn_width")
     train_loop.fit(cfg, ctx, session)
-    start = models.build({"model": "efficientnet_lite0", "pretrained": True}, 3).state_dict()
-    groups = models.backbone_groups(models.build({"model": "efficientnet_lite0"}, 3))
+    start = registry.build({"model": "efficientnet_lite0", "pretrained": True}, 3).state_dict()
+    groups = registry.backbone_groups(registry.build({"model": "efficientnet_lite0"}, 3))
     top, lower = set(groups[-1]), {n for g in groups[:-1] for n in g}
     e1, e2 = session.weights
     assert not _changed(start, e1, top | lower)  # head stage: the backbone is untouched

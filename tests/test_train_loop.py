@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from tests.conftest import trial_context
-from trainables import checkpoint, data, inference, sessions, train_loop
+from trainables.data import dataset
+from trainables.models import inference
+from trainables.trial import checkpoint, sessions, train_loop
 
 
 def config_for(folder, tmp_path, **knobs):
     """(hyperparameters, TrialContext) of a small cnn trial on FOLDER, split 70/15/15."""
-    idx = data.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
-    data.save_split(idx, tmp_path / "split.csv")
+    idx = dataset.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    dataset.save_split(idx, tmp_path / "split.csv")
     config = {"model": "cnn", "cnn_width": 8, "image_size": 12, "batch_size": 8, "epochs": 2, **knobs}
     return config, trial_context(idx, tmp_path / "split.csv")
 
@@ -49,5 +51,5 @@ def test_a_context_from_another_machine_decodes_into_this_machines_cache(folder,
     _, context = config_for(folder, tmp_path)
     assert context.on_this_machine() is context  # the search's own cache, writable here
     foreign = dataclasses.replace(context, cache_dir="/proc/1/hpo-cache")
-    assert foreign.on_this_machine().cache_dir == str(data.default_cache_dir())
+    assert foreign.on_this_machine().cache_dir == str(dataset.default_cache_dir())
     assert foreign.on_this_machine().data_root == context.data_root

@@ -20,8 +20,9 @@ import torch
 from analysis import retrain
 from search import run
 from tests.conftest import make_folder, write_space
-from trainables import checkpoint, data, sessions, train_loop
+from trainables.data import dataset
 from trainables.params import TrialParams
+from trainables.trial import checkpoint, sessions, train_loop
 
 
 def _rows(trial_dir: str | Path) -> list[dict]:
@@ -150,8 +151,8 @@ def test_two_worker_trial_with_unfreezing_survives_a_killed_worker(ray_cluster, 
     assert all(r["val_images"] == 19 for r in rows)
 
     model, meta = checkpoint.load(trial["checkpoint"])
-    split = data.read_split(exp / "split.csv", ("val",))
-    x, y = data.load_images(str(root), split, meta["class_names"], meta["image_size"])
+    split = dataset.read_split(exp / "split.csv", ("val",))
+    x, y = dataset.load_images(str(root), split, meta["class_names"], meta["image_size"])
     best = next(r for r in rows if r.get("checkpoint_path") == trial["checkpoint"])  # its report
     assert train_loop.evaluate(model, meta, x, y)["val_acc"] == pytest.approx(best["val_acc"])
 

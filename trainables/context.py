@@ -63,10 +63,10 @@ class TrialContext:
     keep_checkpoints: int
     max_failures: int
     resources: Resources
-    # the space's search.constraints as figure -> largest allowed value (trainables.footprint):
+    # the space's search.constraints as figure -> largest allowed value (trainables.models.footprint):
     # a trial whose model is over one is not trained
     limits: dict[str, float]
-    # where the search's trials share their models' footprints (trainables.footprint.measure_once);
+    # where the search's trials share their models' footprints (trainables.models.footprint.measure_once);
     # "": results in a bucket, each node shares them in its own cache
     footprint_dir: str
 
@@ -74,7 +74,7 @@ class TrialContext:
     def footprints(self) -> Path:
         """Where this search's trials share their footprints: the results folder's, or else (results
         in a bucket) the node's image cache's."""
-        from trainables.data import default_cache_dir
+        from trainables.data.dataset import default_cache_dir
 
         return Path(self.footprint_dir or Path(self.cache_dir or default_cache_dir()) / FOOTPRINTS_DIR)
 
@@ -82,7 +82,7 @@ class TrialContext:
         """This context, its image cache one this machine can write: the search's own where it
         can, else this machine's default cache (analysis of a results folder made elsewhere:
         its final-model refits and its test split decode here, not into another machine's path)."""
-        from trainables.data import default_cache_dir
+        from trainables.data.dataset import default_cache_dir
 
         if not self.cache_dir:  # each machine's own already
             return self

@@ -26,7 +26,7 @@ def applies_when(**where: list) -> dict:
     return {"applies_when": {knob: list(values)}}
 
 
-CNN_ONLY = applies_when(model=["cnn"])  # the project's own CNN (trainables.models.OWN_MODELS)
+CNN_ONLY = applies_when(model=["cnn"])  # the project's own CNN (trainables.models.registry.OWN_MODELS)
 SGD_ONLY = applies_when(optimizer=["sgd"])
 STEP_ONLY = applies_when(lr_schedule=["step"])
 PLATEAU_ONLY = applies_when(lr_schedule=["plateau"])

@@ -6,7 +6,8 @@ fails when an upgrade removes one, and pyproject.toml pins Ray to the versions t
 on. The measurements behind the settings are in bench/README.md. (Ludwig keeps its Ray
 workarounds in one file the same way: `hyperopt/_ray210_compat.py`.)
 
-- Settings, by environment variable: `apply_env` and `init_kwargs` before `ray.init`.
+- Settings, by environment variable: `apply_env` and `init_kwargs` before `ray.init`;
+  `abandon_running_trials` when a search stops with trials running.
 - Quiet consoles: `quiet_env`, `TUNE_CONTROLLER_LOGGER`.
 - Tune's trial files: `STATE_GLOB`, `PARAMS_FILE`, `RESULTS_FILE`, `ERROR_FILE`.
 - A TorchTrainer per trial: `lean_torch_trainer()`, `hand_over_report_callback()`.
@@ -45,6 +46,9 @@ SYNC_WARNING = ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0
 MALLOC_ARENAS = ("MALLOC_ARENA_MAX", "2")
 # Where Ray's processes find the dashboard's API (Train's placement-group cleaner uses it).
 API_SERVER = "RAY_API_SERVER_ADDRESS"
+# Ray prints the error of a task whose result nobody read when its reference goes ("Unhandled
+# error", with the task's traceback) unless this is set; `Worker.raise_errors` looks at each error.
+IGNORE_UNHANDLED = "RAY_IGNORE_UNHANDLED_ERRORS"
 # The console: no Train print patch, trials stay in the search's working directory, Tune's
 # old (quiet with verbose=0) output instead of its banner.
 QUIET = (("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"), ("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"))
@@ -67,6 +71,12 @@ def apply_env(local: bool = True) -> None:
         os.environ.setdefault(name, value)
     if local:
         os.environ.setdefault(*PREEMPTION_WATCHER)
+
+
+def abandon_running_trials() -> None:
+    """The search stops now, with trials still running: the errors their tasks end with after
+    this (their storage gone, Ray shutting down) are not printed after the search's own line."""
+    os.environ[IGNORE_UNHANDLED] = "1"
 
 
 def init_kwargs(local: bool = True, dashboard_host: str = "127.0.0.1") -> dict:
@@ -311,7 +321,8 @@ HOOKS = {
                             (QUIET[2][0], "ray.tune.experimental.output"),
                             (ACTOR_HANDOVER[0], "ray.tune.trainable.function_trainable"),
                             (SYNC_WARNING[0], "ray.tune.execution.experiment_state"),
-                            (API_SERVER, "ray._private.ray_constants"))},
+                            (API_SERVER, "ray._private.ray_constants"),
+                            (IGNORE_UNHANDLED, "ray._private.worker"))},
     **{f"logger {name}": (lambda name=name: _source_mentions(name, "logging.getLogger(__name__)"))
        for name in (TUNE_CONTROLLER_LOGGER, EXPERIMENT_ANALYSIS_LOGGER)},
     "Tune's file names": lambda: _tune_file_names_match(),

@@ -2,8 +2,8 @@
 
 No pickled objects: weights load with `torch.load(..., weights_only=True)` and everything
 else (architecture, classes, image size, normalisation) is readable JSON. This module saves and
-loads that folder and names its files; using the model is `trainables.inference`, writing it
-out for other runtimes `trainables.export`, feeding it images `trainables.preprocess`.
+loads that folder and names its files; using the model is `trainables.models.inference`, writing it
+out for other runtimes `trainables.models.export`, feeding it images `trainables.models.preprocess`.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables import models
-from trainables.inference import Ensemble
+from trainables.models import registry
+from trainables.models.inference import Ensemble
 
-WEIGHTS, META, TRAIN_STATE, EXPORTED = "model.pt", "meta.json", "train_state.pt", "model.pt2"
+WEIGHTS, META, TRAIN_STATE = "model.pt", "meta.json", "train_state.pt"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -43,8 +43,8 @@ def load(directory: str | Path) -> tuple[nn.Module, dict]:
     meta = read_meta(d)
     params = dict(meta["params"], pretrained=False)
     n = int(meta.get("ensemble", 0))
-    model = Ensemble([models.build(params, meta["num_classes"]) for _ in range(n)]) if n else \
-        models.build(params, meta["num_classes"])
+    model = Ensemble([registry.build(params, meta["num_classes"]) for _ in range(n)]) if n else \
+        registry.build(params, meta["num_classes"])
     model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval(), meta
 

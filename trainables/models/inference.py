@@ -1,16 +1,16 @@
 """A trained model in use: class probabilities for images, and the averaged model of several.
 
-`predict` feeds uint8 images through the model's own normalisation (`trainables.preprocess`)
+`predict` feeds uint8 images through the model's own normalisation (`trainables.models.preprocess`)
 in batches. `Ensemble` is the model the final model may be: members of one architecture whose
-probabilities are averaged, saved, loaded (`trainables.checkpoint`) and exported
-(`trainables.export`) like any single model.
+probabilities are averaged, saved, loaded (`trainables.trial.checkpoint`) and exported
+(`trainables.models.export`) like any single model.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from trainables.preprocess import normalize
+from trainables.models.preprocess import normalize
 
 
 class Ensemble(nn.Module):

@@ -9,9 +9,9 @@ CPU server or an edge box, so every trial measures its model once:
 
 The architecture and image size fix these figures, the weights do not change them, so a trial
 measures once, before its first epoch, and every report, its last included, carries them
-(`trainables.train_loop`); `footprint_s` says what measuring cost the trial. Measuring first
+(`trainables.trial.train_loop`); `footprint_s` says what measuring cost the trial. Measuring first
 lets a search with limits (`search.constraints`: `TrialContext.limits`, judged by
-`trainables.limits`) leave a configuration over them untrained. Trials of one search with the
+`trainables.models.limits`) leave a configuration over them untrained. Trials of one search with the
 same architecture on the same machine share one measurement (`measure_once`): a latency
 measured beside other trials is noisy, and two trials of one model that differ only in their
 learning rate must not differ in latency, or the noise would put both on the front.

@@ -8,7 +8,7 @@ share it through the page cache, and a second search on the same data finds it a
 The file's name is a hash of the image list (path, byte size, mtime) and the size, so editing,
 adding or removing an image gives a new file; nothing stale is ever read. It is written to a
 temporary name and renamed, under a lock, so concurrent trials build it once and a crash never
-leaves a half-written cache. `trainables.cache_budget` keeps the folder within its size cap and
+leaves a half-written cache. `trainables.data.cache_budget` keeps the folder within its size cap and
 the disk's free space.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from trainables import cache_budget
-from trainables.images import DataError, open_rgb
+from trainables.data import cache_budget
+from trainables.data.images import DataError, open_rgb
 
 CACHE_VERSION = 1  # bump when the decoding (resize filter, alpha handling) changes
 

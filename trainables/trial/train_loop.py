@@ -3,7 +3,7 @@
 `fit` trains one model and reports validation metrics and a checkpoint each epoch. CONFIG is
 the trial's hyperparameters (`trainables.params.TrialParams`), CONTEXT what the whole search
 shares (`trainables.context.TrialContext`: data, objective, resources). The session
-(`trainables.sessions`) decides where reports go: a reused Tune trial actor, a Ray Train
+(`trainables.trial.sessions`) decides where reports go: a reused Tune trial actor, a Ray Train
 worker (DDP), or this process (the final model's refits). `fit` is three steps: `_setup`
 (data, model, optimiser), `_restore` (a checkpoint, the device, DDP) and `_epoch`, repeated.
 """
@@ -22,24 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import (
-    augment,
-    checkpoint,
-    data,
-    footprint,
-    imbalance,
-    limits,
-    metrics,
-    models,
-    optim,
-    precision,
-    preprocess,
-    schedule,
-)
 from trainables.context import TrialContext
+from trainables.data import dataset
+from trainables.models import augment, footprint, limits, preprocess, registry
 from trainables.params import TrialParams
-from trainables.plan import TrialPlan
-from trainables.sessions import RayTrainSession
+from trainables.trial import checkpoint, imbalance, metrics, optim, precision, schedule
+from trainables.trial.plan import TrialPlan
+from trainables.trial.sessions import RayTrainSession
 
 DIVERGENCE_CHECK_STEPS = 20
 
@@ -93,13 +82,13 @@ def fit(config: dict, context: TrialContext, session, plan: TrialPlan | None = N
     workers each trains on an equal share of every epoch's batches (DDP), and the reported
     losses and metrics are sums over all workers: every rank reports the same row.
 
-    A search trial first measures its model (`trainables.footprint`); one over CONTEXT.limits
+    A search trial first measures its model (`trainables.models.footprint`); one over CONTEXT.limits
     reports that once, at epoch 0 with its objective NaN and `infeasible` saying why, and ends.
     """
     plan = plan or TrialPlan.for_trial()
     params = TrialParams.model_validate(config)
     _seed_everything(params.seed + session.rank)  # before the model's initial weights are drawn
-    model = models.build(params.model_dump(), len(context.class_names))
+    model = registry.build(params.model_dump(), len(context.class_names))
     figures = _measure(model, params, context, session) if plan.measure_footprint else {}
     over = limits.describe_over(figures, context.limits)
     # over the search's limits: never deployable, so not trained; the sampler learns why. (Not a
@@ -161,12 +150,12 @@ class _Trial:
     val: tuple | None
     objective: tuple[str, str]
     loss_weight: torch.Tensor | None
-    mix: Callable | None  # mixup/cutmix on a batch (trainables.augment.batch_mix); None: off
+    mix: Callable | None  # mixup/cutmix on a batch (trainables.models.augment.batch_mix); None: off
     normalize: preprocess.Normalizer
     nhwc: bool
     amp: bool
     compile: bool
-    footprint: dict  # trainables.footprint's figures, measured before the first epoch (none for a refit)
+    footprint: dict  # trainables.models.footprint's figures, measured before the first epoch (none for a refit)
 
 
 def _measure(model: torch.nn.Module, params: TrialParams, context: TrialContext, session) -> dict:
@@ -193,13 +182,13 @@ def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: 
     """Load the trial's images (from the decoded cache); build the MODEL's optimiser and schedule."""
     p = params.model_dump()
     classes = list(context.class_names)
-    rows = data.read_split(context.split_file, plan.splits())
-    load = functools.partial(data.load_images, context.data_root, classes=classes, image_size=params.image_size,
+    rows = dataset.read_split(context.split_file, plan.splits())
+    load = functools.partial(dataset.load_images, context.data_root, classes=classes, image_size=params.image_size,
                              cache_dir=context.cache_dir, cache_max_gb=context.cache_max_gb)
     x_train, y_train = load([r for r in rows if r.split in plan.train_splits])
     meta = {"arch": params.model, "params": p, "num_classes": len(classes), "class_names": classes,
             "image_size": params.image_size, **preprocess.resolve(p), "objective": context.metric}
-    backbone_params, head_params = models.param_groups(model)
+    backbone_params, head_params = registry.param_groups(model)
     opt = optim.make_optimizer(params, backbone_params, head_params)
     loss_weight = imbalance.loss_weights(params, imbalance.class_counts(y_train, len(classes)), classes)
     return _Trial(
@@ -213,7 +202,7 @@ def _setup(params: TrialParams, model: torch.nn.Module, figures: dict, context: 
         objective=plan.objective(context.metric, context.mode),
         loss_weight=loss_weight.to(session.device) if loss_weight is not None else None,
         mix=augment.batch_mix(params, len(classes)), normalize=preprocess.Normalizer(meta, session.device),
-        nhwc=models.prefers_channels_last(params.model, session.device),
+        nhwc=registry.prefers_channels_last(params.model, session.device),
         amp=params.mixed_precision and session.device.type == "cuda", compile=context.resources.compile,
         footprint=figures)
 
@@ -240,7 +229,7 @@ def _epoch(t: _Trial, session, epoch: int) -> dict:
         _wrap(session, t, checkpoint.unwrap(t.model))  # DDP again, for the new trained set
     session.epoch_started()
     t.lr_schedule.set_epoch(epoch)
-    models.set_train_mode(t.model)
+    registry.set_train_mode(t.model)
     row = {"epoch": epoch, **_train_steps(t, session, epoch), "lr": t.opt.param_groups[0]["lr"]}
     if t.freezing.n_blocks:
         row["trainable_blocks"] = t.freezing.blocks
@@ -316,7 +305,8 @@ class Freezing:
     def __init__(self, params: TrialParams, model):
         grow = params.unfreeze != "all" or params.head_epochs or params.unfreeze_every
         self.params = params
-        self.n_blocks = len(models.backbone_groups(checkpoint.unwrap(model))) if _is_pretrained(params) and grow else 0
+        blocks = registry.backbone_groups(checkpoint.unwrap(model))
+        self.n_blocks = len(blocks) if _is_pretrained(params) and grow else 0
         self.blocks = None
 
     def apply(self, model, epoch: int) -> bool:
@@ -326,13 +316,13 @@ class Freezing:
         want = schedule.trainable_blocks(self.params, epoch, self.n_blocks)
         if want == self.blocks:
             return False
-        models.set_trainable(model, want)
+        registry.set_trainable(model, want)
         self.blocks = want
         return True
 
 
 def _is_pretrained(params: TrialParams) -> bool:
-    return models.can_be_pretrained(params.model) and params.pretrained is not False
+    return registry.can_be_pretrained(params.model) and params.pretrained is not False
 
 
 def _compiled(model):

@@ -1,8 +1,8 @@
 """A saved model written out once more, for use without this project.
 
 `export` writes a `torch.export` program and `export_onnx` an ONNX file (when the optional
-packages are there), both next to the model's weights (`trainables.checkpoint`), both taking
-normalised float input (`trainables.preprocess`) at any batch size. Each reloads what it wrote
+packages are there), both next to the model's weights (`trainables.trial.checkpoint`), both taking
+normalised float input (`trainables.models.preprocess`) at any batch size. Each reloads what it wrote
 and compares its logits with the eager model's, so a file that disagrees is never handed back.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.checkpoint import EXPORTED
-from trainables.preprocess import normalize
+from trainables.models.preprocess import normalize
+
+EXPORTED = "model.pt2"  # the torch.export program, next to the weights
 
 
 def _any_batch():

@@ -1,6 +1,6 @@
 """Keep the decoded-image cache within a size cap and the disk it lives on.
 
-Each decoded file (`trainables.image_cache`) is one data set at one image size; a search over
+Each decoded file (`trainables.data.image_cache`) is one data set at one image size; a search over
 several sizes, or many searches, add files without end. Here:
 - a cap (`data.cache_max_gb` in the space, else `HPO_CACHE_MAX_GB`, else DEFAULT_MAX_GB), kept by
   removing the least recently used files before a build (a file's mtime is its last use: every

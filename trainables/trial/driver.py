@@ -2,7 +2,7 @@
 
 CONFIG holds the trial's hyperparameters, CONTEXT (`trainables.context.TrialContext`, given by
 `tune.with_parameters`) what the whole search shares. This module picks the runtime and
-starts it; the train loop only sees a session (`trainables.sessions`).
+starts it; the train loop only sees a session (`trainables.trial.sessions`).
 
 - **A reused Tune actor** (single-worker trials, the default): `fit` runs right here, in the
   Tune trial's own Ray worker process, reporting with `ray.tune.report`. Tune reuses the
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import gc
 
-from trainables import ray_internals, remote
+from trainables import ray_internals
 from trainables.context import TrialContext
+from trainables.storage import remote
 
 
 def run_trial(config: dict, context: TrialContext) -> None:
@@ -36,8 +37,8 @@ def fit_in_actor(config: dict, context: TrialContext) -> None:
     """Train a single-worker trial in this (reused) Tune actor."""
     import torch
 
-    from trainables.sessions import TuneSession
-    from trainables.train_loop import fit
+    from trainables.trial.sessions import TuneSession
+    from trainables.trial.train_loop import fit
 
     # What the trial before left behind. Here, not when a trial ends: ASHA stops a trial by an
     # exception raised in its report, and Tune gives the trial's thread only
@@ -78,7 +79,7 @@ def _malloc_trim() -> None:
 
 def train_loop(loop_config: dict) -> None:
     """Entry point of each Train worker; imports the loop there, not in the trial actor."""
-    from trainables.train_loop import train_loop_per_worker
+    from trainables.trial.train_loop import train_loop_per_worker
 
     train_loop_per_worker(loop_config)
 

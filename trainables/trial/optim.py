@@ -1,7 +1,7 @@
 """The optimiser a trial's `TrialParams` ask for, over the model's backbone and head.
 
 Two parameter groups, so the backbone can learn at its own rate (`backbone_lr_mult`); the
-learning rate of each epoch is then set by `trainables.schedule.EpochSchedule`, which scales
+learning rate of each epoch is then set by `trainables.trial.schedule.EpochSchedule`, which scales
 each group's base rate.
 """
 from __future__ import annotations

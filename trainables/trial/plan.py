@@ -1,4 +1,4 @@
-"""What one run of `trainables.train_loop.fit` is for: a search trial or a refit.
+"""What one run of `trainables.trial.train_loop.fit` is for: a search trial or a refit.
 
 A search trial trains on `train`, is judged on `val` after every epoch, measures its model's
 footprint first and may stop by its own patience. A refit of a chosen trial (the final model,

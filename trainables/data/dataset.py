@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables import cache_budget, image_cache, remote, remote_images
-from trainables.folder_walk import Walk, walk_classes
-from trainables.images import IMAGE_EXTENSIONS, DataError
+from trainables.data import cache_budget, image_cache, remote_images
+from trainables.data.folder_walk import Walk, walk_classes
+from trainables.data.images import IMAGE_EXTENSIONS, DataError
+from trainables.storage import remote
 
 SPLITS = ("train", "val", "test")
 EMBEDDED = {"animal-mnist"}
-_ASSETS = Path(__file__).resolve().parent / "assets"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def default_cache_dir() -> Path:
@@ -345,9 +346,9 @@ def load_images(root: str | Path, items: list[Item], classes: list[str], image_s
                 cache_dir: str | Path | None = None, stream=None, cache_max_gb: float | None = None):
     """The images of `items` as uint8 N×3×S×S (memory-mapped from the decoded-once cache), and labels.
 
-    The first call for a file list and size decodes the images (see `trainables.image_cache`);
+    The first call for a file list and size decodes the images (see `trainables.data.image_cache`);
     every later trial, epoch and search maps the same file. ROOT may be a bucket's prefix: the
-    images are then first copied into this node's cache (`trainables.remote_images.fetch`).
+    images are then first copied into this node's cache (`trainables.data.remote_images.fetch`).
     """
     import torch
 

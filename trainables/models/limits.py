@@ -1,13 +1,13 @@
 """A model's footprint against a search's limits (`search.constraints`, `TrialContext.limits`).
 
-LIMITS map a figure of `trainables.footprint` (`latency_ms`, `params_m`, `model_mb`) to its
+LIMITS map a figure of `trainables.models.footprint` (`latency_ms`, `params_m`, `model_mb`) to its
 largest allowed value. The trial (not training a configuration over them), the searcher
 (Optuna's constraints) and the results folder (which trials are feasible) judge with these.
 No torch here: the results folder is read without it.
 """
 from __future__ import annotations
 
-# what trainables.footprint measures; COSTS are the figures every trial has, which limits and
+# what trainables.models.footprint measures; COSTS are the figures every trial has, which limits and
 # objectives may name (the GPU ones exist only on a GPU)
 COSTS = ("latency_ms", "params_m", "model_mb")
 FIGURES = (*COSTS, "gpu_latency_ms", "gpu_images_per_s")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from trainables import remote
-from trainables.image_cache import progress
-from trainables.images import IMAGE_EXTENSIONS, DataError
+from trainables.data.image_cache import progress
+from trainables.data.images import IMAGE_EXTENSIONS, DataError
+from trainables.storage import remote
 
 
 def local_root(uri: str, cache_dir: str | Path) -> Path:

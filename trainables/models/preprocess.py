@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from trainables import models
+from trainables.models import registry
 from trainables.params import TrialParams
 
 DEFAULT_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
@@ -19,7 +19,7 @@ DEFAULT_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation"
 def resolve(params: dict) -> dict:
     """Mean, std and interpolation the model's inputs need: the pretrained model's own, from timm."""
     name = params.get("model", TrialParams.model_fields["model"].default)
-    if not params.get("pretrained", False) or not models.can_be_pretrained(name):
+    if not params.get("pretrained", False) or not registry.can_be_pretrained(name):
         return dict(DEFAULT_NORM)
     import timm
 

@@ -1,0 +1,1 @@
+"""Object storage (s3://, gs://) as the search and the trials use it."""
