@@ -179,10 +179,15 @@ def _alive(pid: int) -> bool:
 
 
 def search_cli(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m search.run ARGS` in a process group of its own. When it returns or times out,
-    whatever is left of that group (a Ray cluster it started) is killed by PID; a timeout then
-    fails the test with subprocess.TimeoutExpired."""
-    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    """`python -m search.run ARGS`, as `module_cli` runs it."""
+    return module_cli("search.run", args, timeout, **kwargs)
+
+
+def module_cli(module: str, args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a process group of its own. When it returns or times out,
+    whatever is left of that group (a Ray cluster it started, the scripts it ran) is killed by
+    PID; a timeout then fails the test with subprocess.TimeoutExpired."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)

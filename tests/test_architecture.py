@@ -27,17 +27,22 @@ def test_the_import_contracts_hold():
     assert "Contracts: 3 kept, 0 broken." in out.stdout
 
 
-@pytest.mark.timeout(320)
-def test_a_reverse_import_breaks_the_layers_contract(tmp_path):
-    """The contract can fail: a copy of the code where trainables imports analysis, inside a
-    function as the old code did, is refused, naming the import."""
+def _lint_a_copy_with(tmp_path: Path, module: str, importing: str) -> subprocess.CompletedProcess:
+    """import-linter on a copy of the code where MODULE (a path under the root) imports IMPORTING
+    (`from X import Y`) inside a function, as the old code did."""
     for name in ("trainables", "search", "analysis"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "assets"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    metrics = tmp_path / "trainables" / "trial" / "metrics.py"
-    metrics.write_text(metrics.read_text() + "\n\ndef _ranked(results_dir):\n    from analysis import rank\n\n"
-                       "    return rank\n")
-    out = _lint_imports(tmp_path)
+    path = tmp_path / module
+    path.write_text(path.read_text() + f"\n\ndef _reverse():\n    {importing}\n")
+    return _lint_imports(tmp_path)
+
+
+@pytest.mark.timeout(320)
+def test_a_reverse_import_breaks_the_layers_contract(tmp_path):
+    """The contract can fail: a copy of the code where trainables imports analysis is refused,
+    naming the import."""
+    out = _lint_a_copy_with(tmp_path, "trainables/trial/metrics.py", "from analysis import rank")
     assert out.returncode != 0
     assert "BROKEN" in out.stdout and "trainables.trial.metrics -> analysis.rank" in out.stdout, out.stdout[-3000:]
 
@@ -45,13 +50,7 @@ def test_a_reverse_import_breaks_the_layers_contract(tmp_path):
 @pytest.mark.timeout(320)
 def test_a_model_that_imports_the_trial_breaks_the_sub_package_contract(tmp_path):
     """Inside trainables too: a copy where a model module imports the train loop is refused."""
-    for name in ("trainables", "search", "analysis"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    registry = tmp_path / "trainables" / "models" / "registry.py"
-    registry.write_text(registry.read_text() + "\n\ndef _loop():\n    from trainables.trial import train_loop\n\n"
-                        "    return train_loop\n")
-    out = _lint_imports(tmp_path)
+    out = _lint_a_copy_with(tmp_path, "trainables/models/registry.py", "from trainables.trial import train_loop")
     assert out.returncode != 0
     assert "trainables.models.registry -> trainables.trial.train_loop" in out.stdout, out.stdout[-3000:]
 

@@ -15,24 +15,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, kill_group
+from tests.conftest import module_cli
 
 
 def bench_cli(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m bench ARGS` in a process group of its own; whatever is left of it, and of the
-    scripts it started, is killed by PID when it returns or times out."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        kill_group(proc.pid)
-        proc.wait(timeout=30)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """`python -m bench ARGS`; whatever is left of it, and of the scripts it started, is killed by PID."""
+    return module_cli("bench", args, timeout, env=env)
 
 
 @pytest.mark.timeout(480)
