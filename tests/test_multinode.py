@@ -7,7 +7,7 @@ from its checkpoint in the bucket on the surviving node; the driver is then kill
 results from a third cache, as from a laptop.
 
 Nothing here hopes the machine is slow or fast: the trials wait at gates the test opens
-(files in HPO_TEST_HOLD_DIR, see trainables/train_loop._test_hold), so the search is still
+(files in HPO_TEST_HOLD_DIR, see trainables/trial/train_loop._test_hold), so the search is still
 running when its driver is killed by construction, and each step waits on the state it needs.
 
 Every process the test starts (the S3 server, the Ray nodes, the searches) runs in a process
@@ -38,7 +38,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 # as on a real cluster: token authentication, the same token (~/.ray/auth_token) on every node
 ENV = dict(os.environ, RAY_AUTH_MODE="token")
 EPOCHS = 4
-# The gates (trainables/train_loop._test_hold): a trial waits before epoch N while HOLD_DIR/epoch-N
+# The gates (trainables/trial/train_loop._test_hold): a trial waits before epoch N while HOLD_DIR/epoch-N
 # exists. LAST: no trial can finish; FIRST: no new trial can train (a restored one starts later).
 LAST, FIRST = f"epoch-{EPOCHS}", "epoch-1"
 

@@ -3,7 +3,7 @@
 The search runs in its own process group (driver and the Ray processes it started), which the
 test kills outright, as a crashed laptop or a killed job would, then stops every stray by PID.
 Where a test needs a search still running, a trial waits at a gate the test opens
-(HPO_TEST_HOLD_DIR, see trainables/train_loop._test_hold): not a hope that the machine is slow.
+(HPO_TEST_HOLD_DIR, see trainables/trial/train_loop._test_hold): not a hope that the machine is slow.
 """
 from __future__ import annotations
 

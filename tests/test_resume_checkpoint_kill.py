@@ -4,7 +4,7 @@ in the study, the interrupted trial continues from its last whole checkpoint, no
 checkpoint is left as one, and the search finishes.
 
 "While writing a checkpoint" holds by construction, not by timing:
-1. the trial waits before its epoch 2 at a gate (HPO_TEST_HOLD_DIR, trainables/train_loop._test_hold),
+1. the trial waits before its epoch 2 at a gate (HPO_TEST_HOLD_DIR, trainables/trial/train_loop._test_hold),
    its epoch 1 reported with a checkpoint;
 2. the test waits until Tune's saved snapshot has that report, whole (what --resume restores);
 3. it puts a named pipe where the trial's next checkpoint will put train_state.pt: opening a pipe
