@@ -61,7 +61,8 @@ def recipe_child(seed: int, budget_s: float, tmp: Path, extra: list[str]) -> flo
 
     from search import space as space_mod
     from search import tuner as tuner_mod
-    from search.launch import start_ray, trial_context, warm_cache
+    from search.inputs import trial_context, warm_cache
+    from search.launch import start_ray
     from trainables.data import dataset
 
     spec = space_mod.load(SPACE, extra[1::2])  # EXTRA: --set KEY=VALUE pairs

@@ -77,7 +77,7 @@ def read_table(path: Path = TABLE) -> dict[tuple, list[dict]]:
 def _context():
     """The default search's data, split and context, in a scratch folder (as `search.run` makes them)."""
     from search import space as space_mod
-    from search.launch import trial_context
+    from search.inputs import trial_context
     from trainables.data import dataset
 
     spec = space_mod.load(SPACE)

@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     import ray
 
     from search import space as space_mod
-    from search.launch import start_ray, trial_context
+    from search.inputs import trial_context
+    from search.launch import start_ray
     from trainables.data import dataset
 
     with tempfile.TemporaryDirectory() as tmp:

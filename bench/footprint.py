@@ -58,7 +58,7 @@ def one_trial(knobs: dict, context, footprints: Path) -> tuple[float, dict]:
 
 
 def decode(context, image_size: int) -> None:
-    """The train and val images into the image cache, before any trial (as search.launch.warm_cache)."""
+    """The train and val images into the image cache, before any trial (as search.inputs.warm_cache)."""
     from trainables.data import dataset
 
     for split in ("train", "val"):
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from search import launch, space
+    from search import inputs, space
     from trainables.data import dataset
 
     torch.set_num_threads(1)  # a search's trial: cpus_per_worker 1
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         index = dataset.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
         dataset.save_split(index, tmp / "split.csv")
-        context = launch.trial_context(space.SpaceFile(), index.root, index.classes, tmp / "split.csv", tmp)
+        context = inputs.trial_context(space.SpaceFile(), index.root, index.classes, tmp / "split.csv", tmp)
         decode(context, args.image_size)
         print(f"{sum(index.counts()['train'].values())} train images, one epoch at {args.image_size} px, one torch "
               f"thread, a cold footprint cache each trial; {rounds} rounds", flush=True)

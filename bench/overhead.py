@@ -116,10 +116,10 @@ def context(storage: Path, tag: str):
     """The TrialContext of a search with one-CPU trials (the data fields are not read here)."""
     import dataclasses
 
-    from search import launch, space
+    from search import inputs, space
 
     spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": 1}})
-    return dataclasses.replace(launch.trial_context(spec, storage, ["a", "b"], storage / "split.csv", storage / tag),
+    return dataclasses.replace(inputs.trial_context(spec, storage, ["a", "b"], storage / "split.csv", storage / tag),
                                train_storage=str(storage / f"{tag}_train_runs"))
 
 

@@ -45,13 +45,13 @@ GOAL = 0.9
 def prepare_context(tmp: Path, per_class: int, cpus: int, gpus: int):
     """The TrialContext of a search of the embedded images with these resources per trial, its
     train and val images decoded into the cache first (as `search.run` does before any trial)."""
-    from search import launch, space
+    from search import inputs, space
     from trainables.data import dataset
 
     index = dataset.prepare("animal-mnist", {"train": 0.7, "val": 0.15, "test": 0.15}, 0, per_class)
     dataset.save_split(index, tmp / "split.csv")
     spec = space.SpaceFile.model_validate({"resources": {"cpus_per_worker": cpus, "gpus_per_worker": gpus}})
-    return launch.trial_context(spec, index.root, index.classes, tmp / "split.csv", tmp)
+    return inputs.trial_context(spec, index.root, index.classes, tmp / "split.csv", tmp)
 
 
 def warm_cache(context, image_size: int) -> None:

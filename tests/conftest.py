@@ -119,9 +119,9 @@ def folder(tmp_path):
 def trial_context(index, split_file: Path, spec=None):
     """The TrialContext a search of SPEC (default: an empty space) would give its trials, as
     search.run builds it, for a split of INDEX saved at SPLIT_FILE."""
-    from search import launch, space
+    from search import inputs, space
 
-    return launch.trial_context(spec or space.SpaceFile(), index.root, index.classes, split_file,
+    return inputs.trial_context(spec or space.SpaceFile(), index.root, index.classes, split_file,
                                 Path(split_file).parent)
 
 

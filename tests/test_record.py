@@ -8,7 +8,7 @@ import json
 import pytest
 
 from analysis import rank, report, retrain
-from search import launch, results_folder, run
+from search import inputs, results_folder, run
 from search import space as space_mod
 from search.record import SCHEMA_VERSION, AshaSettings, Objective, SearchRecord
 from tests.conftest import ROOT, write_space
@@ -65,7 +65,7 @@ def test_write_inputs_writes_the_record_and_context_the_readers_take(folder, tmp
                                       "space: {model: cnn, lr: {float: [1.0e-4, 1.0e-1], log: true}, epochs: 2}\n"))
     index = dataset.prepare(str(folder), {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
     exp = tmp_path / "res"
-    record, context = launch.write_inputs(exp, spec, index, "t")
+    record, context = inputs.write_inputs(exp, spec, index, "t")
     assert results_folder.read_record(exp) == record and results_folder.read_context(exp) == context
     assert record.objective_pairs == spec.search.objectives == [("val_acc", "max"), ("params_m", "min")]
     assert record.knobs == ("lr",) and set(record.searched()) == {"lr"}

@@ -3,7 +3,7 @@
 The data (root, split file, classes), the objective, the limits on what a model may cost, where
 a multi-worker trial's Ray Train runs keep their checkpoints and its footprints are shared, and
 the resources each trial runs with. The search builds it once
-(`search.launch.trial_context`), saves it as `context.json` in the results folder, and hands it to
+(`search.inputs.trial_context`), saves it as `context.json` in the results folder, and hands it to
 its trials through `tune.with_parameters`: the sampler, `params.json` and trials.csv hold
 hyperparameters only. `--resume`, `analysis.retrain` and `analysis.report` read it back
 (`search.results_folder.read_context`); the bench scripts build it with the same function.
