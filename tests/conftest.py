@@ -224,6 +224,18 @@ def wait_until(check, timeout: float, what, interval: float = 0.2):
         time.sleep(interval)
 
 
+def wait_while_running(proc, check, what, timeout: float = 300):
+    """`wait_until` CHECK() while the process PROC runs: fail with WHAT, and PROC's exit code, as
+    soon as it ends without CHECK() having given something."""
+    def found():
+        hit = check()
+        if not hit and proc.poll() is not None:
+            pytest.fail(f"{what() if callable(what) else what} (the process ended, exit code {proc.poll()})")
+        return hit
+
+    return wait_until(found, timeout, what)
+
+
 def alive_pids(pids) -> list[int]:
     """The PIDS that still run (zombies do not)."""
     return [p for p in pids if _alive(p)]

@@ -28,9 +28,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, _with_descendants, kill_group
+from tests.conftest import ROOT, _with_descendants, kill_group, wait_while_running
 
 SMOKE = str(ROOT / "spaces" / "smoke.yaml")
+
+
+def _finished(search: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    """SEARCH's exit code once it ends, and its log."""
+    code = search.wait(timeout=timeout)
+    return code, log.read_text()
+
+
+def _with_log(what: str, log: Path):
+    """WHAT, and the end of the search's LOG, when a wait fails."""
+    return lambda: f"{what}:\n{log.read_text()[-3000:]}"
 
 
 def _start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -81,17 +92,6 @@ def _trial_processes(search: subprocess.Popen) -> set[int]:
     return pids
 
 
-def _wait_for(search: subprocess.Popen, found, what: str, log: Path, timeout: float = 300):
-    """Poll until FOUND() gives something; fail with WHAT if the search ends or TIMEOUT passes first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and search.poll() is None:
-        hit = found()
-        if hit:
-            return hit
-        time.sleep(0.2)
-    pytest.fail(f"{what} (search exit code {search.poll()}):\n{log.read_text()[-3000:]}")
-
-
 KILLS = 5
 DIED = "the trial's process died"  # search.results_folder.classify_failure's line for a killed trial
 TRIALS = 12
@@ -126,7 +126,8 @@ def _kill_running_trials(search: subprocess.Popen, name: str, log: Path, kills: 
         return running or None
 
     for _ in range(kills):
-        pid, trial, epoch = rng.choice(_wait_for(search, victims, "no trial left running to kill", log))
+        running = wait_while_running(search, victims, _with_log("no trial left running to kill", log))
+        pid, trial, epoch = rng.choice(running)
         seen = sum(map(len, _staged_rows(search, name).values()))
         os.kill(pid, signal.SIGKILL)
         killed.append((pid, trial, epoch))
@@ -143,6 +144,20 @@ def _study_trials(exp: Path, name: str) -> dict:
     return {f"trial_{t.user_attrs['trial_id']}": t for t in study.trials if "trial_id" in t.user_attrs}
 
 
+def _search_with_kills(tmp_path: Path, name: str, trials: int, max_failures: int, kills: int, timeout: float):
+    """Run a search of TRIALS, killing a running trial process KILLS times; it must end with exit 0.
+    Its results folder, and the (pid, trial, epoch) of each kill."""
+    storage, log = tmp_path / "res", tmp_path / "search.log"
+    search = _start(_search_args(storage, name, trials, max_failures=max_failures), log)
+    try:
+        killed = _kill_running_trials(search, name, log, kills)
+        code = search.wait(timeout=timeout)
+    finally:
+        _stop(search)
+    assert code == 0, log.read_text()[-5000:]
+    return storage / name, killed
+
+
 @pytest.mark.timeout(900)
 def test_trial_processes_killed_mid_trial_lose_no_reported_epoch(tmp_path):
     """Each killed trial continues from its last checkpoint in a new process (search.max_failures
@@ -150,16 +165,8 @@ def test_trial_processes_killed_mid_trial_lose_no_reported_epoch(tmp_path):
     result.json, in order, and in the Optuna study with the value first reported."""
     from optuna.trial import TrialState
 
-    name, storage, log = "chaos", tmp_path / "res", tmp_path / "search.log"
-    search = _start(_search_args(storage, name, TRIALS, max_failures=KILLS), log)
-    try:
-        killed = _kill_running_trials(search, name, log, KILLS)
-        code = search.wait(timeout=600)
-    finally:
-        _stop(search)
-    out = log.read_text()
-    assert code == 0, out[-5000:]
-    exp = storage / name
+    name = "chaos"
+    exp, killed = _search_with_kills(tmp_path, name, TRIALS, max_failures=KILLS, kills=KILLS, timeout=600)
     trials = pd.read_csv(exp / "trials.csv").set_index("trial_id")
     assert len(trials) == TRIALS, trials.to_string()
     for trial_id, t in trials.iterrows():  # completed, or an error that says why
@@ -197,16 +204,8 @@ def test_a_trial_killed_more_often_than_it_may_fail_is_an_error_with_its_cause(t
     makes that case every time): this run passes whether or not the kill falls in that window."""
     from optuna.trial import TrialState
 
-    name, storage, log = "killed", tmp_path / "res", tmp_path / "search.log"
-    search = _start(_search_args(storage, name, 3, max_failures=0), log)
-    try:
-        [(pid, trial, epoch)] = _kill_running_trials(search, name, log, 1)
-        code = search.wait(timeout=400)
-    finally:
-        _stop(search)
-    out = log.read_text()
-    assert code == 0, out[-5000:]
-    exp = storage / name
+    name = "killed"
+    exp, [(pid, trial, epoch)] = _search_with_kills(tmp_path, name, 3, max_failures=0, kills=1, timeout=400)
     trials = pd.read_csv(exp / "trials.csv").set_index("trial_id")
     dead = trials.loc[trial[len("trial_"):]]
     assert dead["status"] == "error" and dead["error"].startswith(DIED), dead.to_dict()
@@ -282,6 +281,16 @@ def _first_report(search: subprocess.Popen, name: str):
                                                    for rs in rows.values())
 
 
+def _assert_bucket_holds_every_epoch(bucket, name: str, trials: int) -> None:
+    """The bucket has the search's trials.csv with TRIALS completed trials, and each trial's every epoch."""
+    table = _bucket_csv(bucket, f"results/{name}/trials.csv")
+    assert len(table) == trials and set(table["status"]) == {"completed"}, table.to_string()
+    rows = _bucket_rows(bucket, f"results/{name}")
+    assert len(rows) == trials
+    for trial, rs in rows.items():
+        assert [r["epoch"] for r in rs] == list(range(1, EPOCHS + 1)), trial
+
+
 @pytest.mark.timeout(900)
 def test_a_storage_outage_shorter_than_the_limit_is_waited_out(tmp_path, bucket):
     """The S3 server is away for OUTAGE_S seconds mid-search: the trials wait (none fails, with
@@ -289,24 +298,19 @@ def test_a_storage_outage_shorter_than_the_limit_is_waited_out(tmp_path, bucket)
     name, log = "outage", tmp_path / "search.log"
     search = _start([*_search_args("s3://hpo/results", name, 4, max_failures=0)], log, env=bucket["env"])
     try:
-        _wait_for(search, lambda: _first_report(search, name), "no trial reported before the outage", log)
+        wait_while_running(search, lambda: _first_report(search, name),
+                           _with_log("no trial reported before the outage", log))
         bucket["switch"].off()
         before = sum(map(len, _staged_rows(search, name).values()))
         time.sleep(OUTAGE_S)  # the fault itself: the storage is away this long
         during = sum(map(len, _staged_rows(search, name).values())) - before
         running = search.poll() is None
         bucket["switch"].on()
-        code = search.wait(timeout=600)
+        code, out = _finished(search, log, 600)
     finally:
         _stop(search)
-    out = log.read_text()
     assert code == 0 and "Traceback" not in out, out[-5000:]
-    trials = _bucket_csv(bucket, f"results/{name}/trials.csv")
-    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, trials.to_string()
-    rows = _bucket_rows(bucket, f"results/{name}")
-    assert len(rows) == 4
-    for trial, rs in rows.items():
-        assert [r["epoch"] for r in rs] == list(range(1, EPOCHS + 1)), trial
+    _assert_bucket_holds_every_epoch(bucket, name, 4)
     # the outage held the trials up (a report reaches the driver once its checkpoint is in the
     # bucket: at most the one in flight per trial came through), and the search went on after it
     assert running and during <= 2, (running, during)
@@ -321,12 +325,12 @@ def test_a_storage_outage_past_the_limit_stops_the_search_in_one_line_and_resume
     env = dict(bucket["env"], HPO_STORAGE_OUTAGE_S="3")
     search = _start([*_search_args("s3://hpo/results", name, 4, max_failures=0)], log, env=env)
     try:
-        _wait_for(search, lambda: _first_report(search, name), "no trial reported before the outage", log)
+        wait_while_running(search, lambda: _first_report(search, name),
+                           _with_log("no trial reported before the outage", log))
         bucket["switch"].off()
-        code = search.wait(timeout=300)
+        code, out = _finished(search, log, 300)
     finally:
         _stop(search)
-    out = log.read_text()
     assert code == 1 and "Traceback" not in out, out[-5000:]
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and errors[0] == out.strip().splitlines()[-1], out[-3000:]
@@ -338,12 +342,8 @@ def test_a_storage_outage_past_the_limit_stops_the_search_in_one_line_and_resume
     log2 = tmp_path / "resume.log"
     resumed = _start(resume[3:], log2, env=env)
     try:
-        code = resumed.wait(timeout=600)
+        code, out2 = _finished(resumed, log2, 600)
     finally:
         _stop(resumed)
-    out2 = log2.read_text()
     assert code == 0 and "Traceback" not in out2, out2[-5000:]
-    trials = _bucket_csv(bucket, f"results/{name}/trials.csv")
-    assert len(trials) == 4 and set(trials["status"]) == {"completed"}, trials.to_string()
-    for trial, rs in _bucket_rows(bucket, f"results/{name}").items():
-        assert [r["epoch"] for r in rs] == list(range(1, EPOCHS + 1)), trial
+    _assert_bucket_holds_every_epoch(bucket, name, 4)

@@ -23,13 +23,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, kill_group, stop_group, tune_snapshot
+from tests.conftest import ROOT, kill_group, stop_group, tune_snapshot, wait_while_running
 from tests.s3_server import s3_server, upload_folder
 from trainables import ray_internals
 from trainables.trial.train_loop import TEST_HOLD_DIR
@@ -133,20 +132,9 @@ def _node_ids(address: str) -> dict[str, str]:
 STAGING = "session_*/artifacts/*/multi/driver_artifacts/trial_*"
 
 
-def _wait(search, found, what: str, timeout: float = 300):
-    """Poll FOUND() while the search runs until it gives something; fail with WHAT if it never does."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and search.poll() is None:
-        hit = found()
-        if hit:
-            return hit
-        time.sleep(0.2)
-    pytest.fail(f"{what} (search exit code {search.poll()}, waited up to {timeout:g} s)")
-
-
 def _wait_rows(search, ray_tmp: str, found, what: str, timeout: float = 300):
     """Poll the staging rows until FOUND(rows) gives something; fail with WHAT if it never does."""
-    return _wait(search, lambda: found(_rows(Path(ray_tmp), STAGING)), what, timeout)
+    return wait_while_running(search, lambda: found(_rows(Path(ray_tmp), STAGING)), what, timeout)
 
 
 def _failed_over(ray_tmp: str, trial: str) -> bool:
@@ -224,7 +212,8 @@ def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_pat
         before = max(r["epoch"] for r in _rows(Path(ray_tmp), STAGING)[lost] if r["node_id"] == nodes["node_b"])
         # Once Tune has failed the lost trial over, the head's trial may finish: the lost trial,
         # PENDING before any new one, gets the head's CPU next.
-        _wait(search, lambda: _failed_over(ray_tmp, lost), f"Tune never failed {lost} over after its node died")
+        wait_while_running(search, lambda: _failed_over(ray_tmp, lost),
+                           f"Tune never failed {lost} over after its node died")
         (hold / LAST).unlink()
         # the lost trial goes on on the head, from its last checkpoint in the bucket (not from epoch 1)
         after = _wait_rows(search, ray_tmp, lambda rows: [r for r in rows.get(lost, [])
@@ -233,7 +222,7 @@ def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_pat
         assert before < EPOCHS and 1 < after[0]["epoch"] <= before + 1, (before, after[0]["epoch"])
         # Tune's state in the bucket (saved every ~10 s) has the lost trial finished on the head,
         # whole: what --resume reads does not change after this (the other trials wait at FIRST)
-        _wait(search, lambda: _saved_after_failover(bucket, lost, nodes["head"]),
+        wait_while_running(search, lambda: _saved_after_failover(bucket, lost, nodes["head"]),
               f"the bucket never held a whole snapshot with {lost} finished on the head node")
         # by construction: the trials after the first two wait at the FIRST gate
         assert search.poll() is None, "the search ended before its driver could be killed"
