@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=5)
     args = ap.parse_args(argv)
     seeds, budget_s = (1, 60) if args.quick else (args.seeds, args.minutes * 60)
-    extra = ["--set", "dataset.limit_per_class=50"] if args.quick else []
+    extra = ["--set", "data.limit_per_class=50"] if args.quick else []
     from bench.anytime_table import grid, key, read_table
 
     table = read_table()

@@ -124,7 +124,7 @@ def shrink_overrides(path: Path, shrink: dict, extra: list[str]) -> list[str]:
     points = raw.get("search", {}).get("points_to_evaluate", [])[:1]
     points = [{k: v for k, v in p.items() if k not in shrink} for p in points]
     return ([f"space.{k}={json.dumps(v)}" for k, v in shrink.items()]
-            + [f"search.points_to_evaluate={json.dumps(points)}", f"dataset.limit_per_class={LIMIT}",
+            + [f"search.points_to_evaluate={json.dumps(points)}", f"data.limit_per_class={LIMIT}",
                "search.scheduler.grace_period=1"] + extra)
 
 
