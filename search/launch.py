@@ -81,7 +81,6 @@ def run_search(checked: Preflight) -> SearchOutcome:
     folder checked); write trials.csv and return how the search went."""
     import ray
 
-
     request, spec, location = checked.request, checked.spec, checked.location
     exp_dir = location.local
     # a resumed search keeps the inputs it started with: above all the same split

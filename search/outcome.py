@@ -72,7 +72,6 @@ def print_data_summary(summ: dict) -> None:
             print(f"  skipped {len(paths)} {label}: " + "; ".join(paths[:5]) + (" ..." if len(paths) > 5 else ""))
 
 
-
 def time_line(table, elapsed: float, slots: int, time_s: float | None) -> str:
     """How the time went: trials started, epochs trained, and the time the SLOTS trial slots
     (trials at once) stood idle over the ELAPSED seconds of trials (starting and stopping

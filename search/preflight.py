@@ -98,6 +98,11 @@ def _results_folder(request: SearchRequest, location: ResultsLocation) -> dict |
         raise UserError(f"{results} already holds a search ({results_folder.describe_trials(state)}); {hint}")
     if request.resume and not state:
         raise UserError(f"--resume: {results} holds no search to resume")
+    if request.resume:
+        try:
+            results_folder.read_context(location.local)  # before Ray starts
+        except results_folder.ResultsError as e:
+            raise UserError(f"--resume: {e}") from None
     if request.resume and request.time is not None and not results_folder.read_record(location.local).time_s:
         raise UserError(f"--time: the search in {results} ran without a time budget; resume it "
                         "without --time (it runs its remaining trials)")

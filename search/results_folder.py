@@ -23,7 +23,7 @@ import pandas as pd
 
 from search import tune_files
 from search.record import RecordVersionError, SearchRecord
-from trainables.context import TRAIN_RUNS, TrialContext
+from trainables.context import CONTEXT_FILE, TRAIN_RUNS, TrialContext
 from trainables.models.limits import COSTS, FIGURES, describe_over, within
 
 SEARCH_FILE = "search.json"
@@ -141,8 +141,13 @@ def _read_trials(results_dir: Path) -> list[tune_files.TrialRecord]:
 
 def read_context(results_dir: str | Path) -> TrialContext:
     """The TrialContext the search gave its trials (its data, objective and resources). The search
-    writes it before search.json: a folder `read_record` took has it."""
-    return TrialContext.load(results_dir)
+    writes it before search.json, so a folder `read_record` took has it, unless it was removed or
+    cut short since: that is one line (ResultsError), not a traceback."""
+    try:
+        return TrialContext.load(results_dir)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ResultsError(f"{results_dir}: {CONTEXT_FILE} is missing or damaged ({type(e).__name__}); "
+                           "run the search again, into a new folder") from None
 
 
 def search_state(results_dir: str | Path) -> dict | None:

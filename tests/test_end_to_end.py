@@ -294,3 +294,21 @@ def test_a_results_folder_of_an_older_version_is_refused_in_one_line(searched, t
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {exp} was written by another hpo-finetune (schema_version 0 in search.json")
     assert not (tmp_path / "final").exists()  # refused before anything was made
+
+
+@pytest.mark.timeout(120)
+def test_a_results_folder_without_its_context_is_refused_in_one_line(searched, tmp_path, capsys):
+    """context.json removed (or cut short) after the search: --resume says so in one line before
+    Ray starts, not with a traceback from inside the launch."""
+    exp = tmp_path / "cut" / "e2e"
+    shutil.copytree(searched[0], exp, ignore=shutil.ignore_patterns("retrained", "report.html"))
+    (exp / "context.json").unlink()
+    search = [str(ROOT / "spaces" / "smoke.yaml"), "--storage", str(exp.parent), "--name", "e2e", "--resume"]
+    assert run.main(search) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --resume: {exp}: context.json is missing or damaged (FileNotFoundError); run the search again, "
+        "into a new folder"]
+    (exp / "context.json").write_text("{")
+    assert run.main(search) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --resume: {exp}: context.json is missing or damaged (JSONDecodeError)"), line
