@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass
 
 DESCRIPTION = "`python -m search.run SPACE.yaml`: validate the space, split the data once, run the search."
+TIME_HELP = ("the search's time budget, e.g. 10m, 90s, 1h30m (instead of search.time): trials start while they "
+             "can reach their first rung in it; with --resume, the time the resumed search gets (default: what "
+             "its budget has left)")
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="results",
                    help="where results go (default: results/): a folder, or a bucket (s3://bucket/results, gs://...) "
                         "on a cluster without a shared file system")
-    p.add_argument("--time", metavar="DURATION",
-                   help="the search's time budget, e.g. 10m, 90s, 1h30m (instead of search.time): trials start "
-                        "while they can reach their first rung in it; with --resume, the time the resumed search "
-                        "gets (default: what its budget has left)")
+    p.add_argument("--time", metavar="DURATION", help=TIME_HELP)
     p.add_argument("--name", help="experiment name; results in STORAGE/NAME (default: the space's name or file name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry, e.g. --set search.num_samples=4 --set data.limit_per_class=20")
