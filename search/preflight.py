@@ -18,7 +18,7 @@ from search import study as study_mod
 from search.cli import SearchRequest
 from search.duration import parse_duration
 from search.errors import UserError
-from search.location import ResultsLocation, storage_root
+from search.location import ResultsLocation
 from trainables.data import cache_budget, dataset
 from trainables.storage import remote
 
@@ -43,8 +43,7 @@ def check(request: SearchRequest) -> Preflight:
     from trainables.models.registry import ModelError
 
     try:
-        spec, name, index = _space_and_data(request)
-        location = ResultsLocation.of(request.storage, name)
+        spec, name, location, index = _space_and_data(request)
         state = warm = None
         if not request.dry_run:
             state = _results_folder(request, location)
@@ -56,7 +55,7 @@ def check(request: SearchRequest) -> Preflight:
 
 
 def _space_and_data(request: SearchRequest) -> tuple:
-    """Validate the space and prepare the data; nothing started."""
+    """Validate the space and --storage (its results location), then prepare the data; nothing started."""
     overrides = list(request.overrides) + ([f"data.source={json.dumps(request.data)}"] if request.data else [])
     if request.time is not None:
         try:
@@ -64,8 +63,8 @@ def _space_and_data(request: SearchRequest) -> tuple:
         except ValueError as e:
             raise UserError(f"--time: {e} (got {request.time!r})") from None
     spec = space_mod.load(request.space, overrides)
-    storage_root(request.storage)  # a bad --storage is said before the data is prepared
     name = request.name or spec.name or Path(request.space).stem
+    location = ResultsLocation.of(request.storage, name)  # a bad --storage is said before the data is prepared
     d = spec.data
     try:
         cache_budget.cap_bytes(d.cache_max_gb)  # a bad HPO_CACHE_MAX_GB is found before anything starts
@@ -76,7 +75,7 @@ def _space_and_data(request: SearchRequest) -> tuple:
                             stream=sys.stdout)
     space_mod.check_classes(request.space, spec, index.classes)
     space_mod.check_pretrained_weights(request.space, spec)
-    return spec, name, index
+    return spec, name, location, index
 
 
 def _results_folder(request: SearchRequest, location: ResultsLocation) -> dict | None:
