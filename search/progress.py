@@ -37,7 +37,7 @@ class ProgressPrinter(Callback):
     def _say(self, text: str) -> None:
         left = budget.CLOCK.left()
         when = f"{time.time() - self.start:6.0f}s" + ("" if left is None else f", {say(max(0, left))} left")
-        best = "" if getattr(self, "best", None) is None else f", best {self.best:.4f}"
+        best = "" if self.best is None else f", best {self.best:.4f}"
         # sys.stdout is looked up on each call, not bound once, because Tune pickles callbacks
         print(f"[{when}{best}] {text}", file=sys.stdout, flush=True)
 
@@ -46,9 +46,8 @@ class ProgressPrinter(Callback):
 
     def _saw(self, value) -> None:
         if isinstance(value, (int, float)) and math.isfinite(value):
-            best = getattr(self, "best", None)  # a printer pickled before `best`: none yet
-            mode = getattr(self, "mode", "max")  # a printer pickled before `mode`
-            self.best = value if best is None else max(best, value) if mode == "max" else min(best, value)
+            best = self.best
+            self.best = value if best is None else max(best, value) if self.mode == "max" else min(best, value)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id} started: {knobs_of(trial.config)}")

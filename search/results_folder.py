@@ -70,6 +70,11 @@ def _exception_lines(text: str) -> list[re.Match]:
     return [m for m in map(_EXC_LINE.match, (ln.strip() for ln in text.splitlines())) if m]
 
 
+def last_failure(text: str) -> str:
+    """The last failure in a trial's error.txt: a retried trial's file has one section per failure."""
+    return text.rsplit("Failure # ", 1)[-1]
+
+
 def _process_died(text: str) -> str | None:
     """Why the trial's process is gone, when TEXT (its last failure) is Ray saying so with no
     exception raised in the trial (a Train run's wrapper of it aside)."""
@@ -94,7 +99,7 @@ def classify_failure(text: str, config: dict) -> tuple[str, str]:
     if re.search(r"OutOfMemoryError|CUDA out of memory|\bMemoryError\b|running low on memory", text):
         return "error", (f"out of memory at batch_size={config.get('batch_size', '?')}, "
                          f"image_size={config.get('image_size', '?')}: lower them or give trials more memory")
-    died = _process_died(text.rsplit("Failure # ", 1)[-1])  # a retried trial's file has one per failure
+    died = _process_died(last_failure(text))
     if died:
         return "error", died
     if worker:

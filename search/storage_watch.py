@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray import tune
 
+from search.results_folder import last_failure
 from trainables import ray_internals
 from trainables.storage import remote
 
@@ -56,7 +57,7 @@ class StorageWatch(tune.Callback):
     def _check(self, trial) -> None:
         """A trial that failed because the storage did not answer (its last failure in error.txt)."""
         try:
-            text = Path(ray_internals.trial_error_file(trial)).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
+            text = last_failure(Path(ray_internals.trial_error_file(trial)).read_text(errors="replace"))
         except (OSError, TypeError):  # no error file
             return
         if remote.unreachable(text):  # then the driver asks too, waiting the limit itself: if it
