@@ -305,8 +305,8 @@ class Freezing:
     def __init__(self, params: TrialParams, model):
         grow = params.unfreeze != "all" or params.head_epochs or params.unfreeze_every
         self.params = params
-        blocks = registry.backbone_groups(checkpoint.unwrap(model))
-        self.n_blocks = len(blocks) if _is_pretrained(params) and grow else 0
+        frozen = _is_pretrained(params) and grow  # else nothing is frozen: no need to walk the backbone
+        self.n_blocks = len(registry.backbone_groups(checkpoint.unwrap(model))) if frozen else 0
         self.blocks = None
 
     def apply(self, model, epoch: int) -> bool:
