@@ -16,19 +16,28 @@ from dataclasses import dataclass
 class TrialPlan:
     train_splits: tuple[str, ...]
     val_split: str | None  # judged after every epoch; None: nothing held out (a refit)
-    measure_footprint: bool  # a search trial measures its model (and stops there if over the limits)
-    early_stop: bool  # the trial's `early_stop_patience` applies
     stop_after_epoch: int | None = None  # stop here; the LR schedule is still planned over all `epochs`
     lr_path: tuple[float | None, ...] | None = None  # the trial's learning rate per epoch, replayed (None: own)
 
     @classmethod
     def for_trial(cls) -> "TrialPlan":
-        return cls(train_splits=("train",), val_split="val", measure_footprint=True, early_stop=True)
+        return cls(train_splits=("train",), val_split="val")
 
     @classmethod
     def for_refit(cls, stop_after_epoch: int | None = None, lr_path=None) -> "TrialPlan":
-        return cls(train_splits=("train", "val"), val_split=None, measure_footprint=False, early_stop=False,
-                   stop_after_epoch=stop_after_epoch, lr_path=tuple(lr_path) if lr_path is not None else None)
+        return cls(train_splits=("train", "val"), val_split=None, stop_after_epoch=stop_after_epoch,
+                   lr_path=tuple(lr_path) if lr_path is not None else None)
+
+    @property
+    def measure_footprint(self) -> bool:
+        """A search trial measures its model (and stops there if over the limits); a refit trains
+        what was chosen."""
+        return self.val_split is not None
+
+    @property
+    def early_stop(self) -> bool:
+        """The trial's `early_stop_patience` applies only where something is held out to judge."""
+        return self.val_split is not None
 
     def splits(self) -> tuple[str, ...]:
         """Every split the run reads."""
