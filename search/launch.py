@@ -84,8 +84,8 @@ def run_search(checked: Preflight) -> SearchOutcome:
     request, spec, location = checked.request, checked.spec, checked.location
     exp_dir = location.local
     # a resumed search keeps the inputs it started with: above all the same split
-    if request.resume:
-        record, context = results_folder.read_record(exp_dir), results_folder.read_context(exp_dir)
+    if checked.resumed:
+        record, context = checked.resumed
     else:
         record, context = write_inputs(exp_dir, spec, checked.index, checked.name, request.study_storage,
                                        location.results)

@@ -19,6 +19,8 @@ from search.cli import SearchRequest
 from search.duration import parse_duration
 from search.errors import UserError
 from search.location import ResultsLocation
+from search.record import SearchRecord
+from trainables.context import TrialContext
 from trainables.data import cache_budget, dataset
 from trainables.storage import remote
 
@@ -34,6 +36,7 @@ class Preflight:
     location: ResultsLocation
     state: dict | None = None  # the search already in the results folder (only with --resume)
     warm_start_dir: str | None = None  # --warm-start's results folder here (a bucket's: this machine's copy)
+    resumed: tuple[SearchRecord, TrialContext] | None = None  # with --resume: the inputs it started with
 
 
 def check(request: SearchRequest) -> Preflight:
@@ -44,14 +47,14 @@ def check(request: SearchRequest) -> Preflight:
 
     try:
         spec, name, location, index = _space_and_data(request)
-        state = warm = None
+        state = warm = resumed = None
         if not request.dry_run:
-            state = _results_folder(request, location)
+            state, resumed = _results_folder(request, location)
             warm = _study_options(request, name, spec)
         _extras(request)
     except (DataError, ModelError, remote.StorageError) as e:
         raise UserError(str(e)) from None
-    return Preflight(request, spec, name, index, location, state, warm)
+    return Preflight(request, spec, name, index, location, state, warm, resumed)
 
 
 def _space_and_data(request: SearchRequest) -> tuple:
@@ -78,9 +81,10 @@ def _space_and_data(request: SearchRequest) -> tuple:
     return spec, name, location, index
 
 
-def _results_folder(request: SearchRequest, location: ResultsLocation) -> dict | None:
+def _results_folder(request: SearchRequest, location: ResultsLocation) -> tuple:
     """STORAGE/NAME must be new, or hold an unfinished search when --resume is given; a bucket's
-    must take writes. The search already there (its state), for --resume."""
+    must take writes. For --resume, the search already there: its state, and its record and
+    context (the inputs it started with, read here once, before Ray starts); else (None, None)."""
     try:
         location.check_writable()
         location.fetch()
@@ -95,17 +99,18 @@ def _results_folder(request: SearchRequest, location: ResultsLocation) -> dict |
         hint = ("add --resume to continue it" if state["unfinished"]
                 else "pick another --name, or delete that folder")
         raise UserError(f"{results} already holds a search ({results_folder.describe_trials(state)}); {hint}")
-    if request.resume and not state:
+    if not request.resume:
+        return state, None
+    if not state:
         raise UserError(f"--resume: {results} holds no search to resume")
-    if request.resume:
-        try:
-            results_folder.read_context(location.local)  # before Ray starts
-        except results_folder.ResultsError as e:
-            raise UserError(f"--resume: {e}") from None
-    if request.resume and request.time is not None and not results_folder.read_record(location.local).time_s:
+    try:
+        record, context = results_folder.read_record(location.local), results_folder.read_context(location.local)
+    except results_folder.ResultsError as e:
+        raise UserError(f"--resume: {e}") from None
+    if request.time is not None and not record.time_s:
         raise UserError(f"--time: the search in {results} ran without a time budget; resume it "
                         "without --time (it runs its remaining trials)")
-    return state
+    return state, (record, context)
 
 
 def _study_options(request: SearchRequest, name: str, spec) -> str | None:

@@ -223,7 +223,7 @@ def test_a_search_whose_only_shared_state_is_a_bucket(two_nodes, bucket, tmp_pat
         # Tune's state in the bucket (saved every ~10 s) has the lost trial finished on the head,
         # whole: what --resume reads does not change after this (the other trials wait at FIRST)
         wait_while_running(search, lambda: _saved_after_failover(bucket, lost, nodes["head"]),
-              f"the bucket never held a whole snapshot with {lost} finished on the head node")
+                           f"the bucket never held a whole snapshot with {lost} finished on the head node")
         # by construction: the trials after the first two wait at the FIRST gate
         assert search.poll() is None, "the search ended before its driver could be killed"
         kill_group(search.pid)  # the driver dies (SIGKILL) with trials left to run
