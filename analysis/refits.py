@@ -1,14 +1,17 @@
 """The final model's refits (analysis.retrain): one after another in this process, or side by side
 as Ray tasks.
 
-A refit trains the best trial's configuration on train+val. Where the Ray cluster holds two or
-more refits at once, each with the trial's own resources (`Resources.per_worker`: its CPUs, and
-its GPU when it has one), they run as Ray tasks: on a multi-GPU machine or a cluster they train
-side by side. Each task returns its model folder's files and its reports, and this process
-writes them into out/refits/K, so a refit trained on another node lands where one trained here
-does. Where one refit fills the machine, or with `serial`, they run in this process as before,
-and Ray is not started at all. Before they start, `estimate_line` says how long they should
-take, from the trial's own measured epochs.
+A refit trains the best trial's configuration on train+val. On a Ray cluster (`--address`, or a
+Ray this process already uses) that holds two or more refits at once, each with the trial's own
+resources (`Resources.per_worker`: its CPUs, and its GPU when it has one), they run as Ray
+tasks, side by side; on this machine alone, only where each needs a GPU and two GPUs' worth are
+here (a multi-GPU machine). Each task returns its model folder's files and its reports, and
+this process writes them into out/refits/K, so a refit trained on another node lands where one
+trained here does. Otherwise, or with `serial`, they run in this process one after another,
+and Ray is not started at all: on CPUs alone a refit here trains with torch on every core, so
+one already fills the machine, and tasks would only split the same cores and add Ray's start
+(bench/retrain_parallel.py measured them 1.5 times slower on 2 cores). Before they start,
+`estimate_line` says how long they should take, from the trial's own measured epochs.
 """
 from __future__ import annotations
 
@@ -77,10 +80,11 @@ class Plan:
 
     at_once: int = 0
     owns_ray: bool = False
+    why: str = ""  # why in this process, where it was not asked for (--serial)
 
     def describe(self) -> str:
         if not self.at_once:
-            return "one after another in this process"
+            return "one after another in this process" + (f" ({self.why})" if self.why else "")
         return f"{self.at_once} at a time as Ray tasks" if self.at_once > 1 else "one at a time as a Ray task"
 
 
@@ -96,6 +100,21 @@ def local_capacity() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
+ONE_FILLS_CPUS = ("on CPUs alone one refit here trains on all of this machine's cores; --address joins a Ray "
+                  "cluster that holds several side by side")
+ONE_GPU_HERE = "this machine holds one refit's GPU share at a time"
+
+
+def local_at_once(capacity: dict[str, float], demand: dict[str, float]) -> tuple[int, str]:
+    """How many refits a local Ray started here should run at once (0: none, train them in this
+    process), and why not where 0. Only refits that each need a GPU: on CPUs alone the in-process
+    refit already trains on every core."""
+    if not demand.get("GPU"):
+        return 0, ONE_FILLS_CPUS
+    at_once = fitting(capacity, demand)
+    return (at_once, "") if at_once >= 2 else (0, ONE_GPU_HERE)
+
+
 def _connected() -> bool:
     """Whether this process already uses a Ray (a library caller's, a test's): never without importing it."""
     ray = sys.modules.get("ray")
@@ -105,13 +124,16 @@ def _connected() -> bool:
 def plan(context, refits: int, address: str | None = None, serial: bool = False) -> Plan:
     """Decide how REFITS refits run, starting or joining Ray (ADDRESS) only where they can run
     side by side: two or more at once on the cluster, by `ray.cluster_resources()` against the
-    trial's own resources. A Ray this process already uses is used as it is. Joining a cluster
-    (ADDRESS) sends them there even one at a time: this machine may lack what the trial trained on."""
+    trial's own resources. A Ray this process already uses is used as it is; on this machine
+    alone, see `local_at_once`. Joining a cluster (ADDRESS) sends them there even one at a time:
+    this machine may lack what the trial trained on."""
     demand = context.resources.per_worker
     if serial or refits < 2 and not address:
         return Plan()
-    if not address and not _connected() and fitting(local_capacity(), demand) < 2:
-        return Plan()  # one refit fills this machine: no Ray to start
+    if not address and not _connected():
+        at_once, why = local_at_once(local_capacity(), demand)
+        if not at_once:
+            return Plan(why=why)  # no Ray to start
     import ray
 
     from search.launch import start_ray
@@ -126,7 +148,7 @@ def plan(context, refits: int, address: str | None = None, serial: bool = False)
     if address:
         raise results_folder.ResultsError(f"--address {address}: the cluster has no room for one refit "
                                           f"({demand} each; it has {capacity})")
-    return Plan()
+    return Plan(why=f"the Ray in use holds one refit ({demand}) at a time")
 
 
 def release(chosen: Plan) -> None:

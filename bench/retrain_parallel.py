@@ -1,22 +1,27 @@
-"""The final model's refits as Ray tasks, side by side, against the same refits one after another.
+"""`analysis.retrain` as it runs by default, against its refits one after another and as Ray tasks.
 
 One real search (a small CNN on embedded images), then `python -m analysis.retrain` on its
-results folder, each time in a process of its own and into a fresh folder, two ways:
-- `tasks` (the default): the refits as Ray tasks, each with the trial's resources (1 CPU
-  here), as many at once as the machine holds; retrain starts its local Ray and stops it;
+results folder, each time in a process of its own and into a fresh folder, three ways:
+- `default`: what a user gets, `analysis.retrain RESULTS` (on CPUs alone: one after another in
+  its own process, each refit on every core);
 - `serial` (`--serial`): the same refits one after another in the retrain's own process, no
-  Ray, torch on every core (what retrain did before, and still does where one refit fills the
-  machine).
-Interleaved, tasks then serial, for ROUNDS rounds. Timed: the whole command, which is what a
-user waits for (Ray's start, the refits, the test and the export, alike in both), and the
-refits alone (first start to last end, from the times each refit recorded in test_metrics.json).
+  Ray, torch on every core (what retrain did before it could run refits as Ray tasks);
+- `tasks` (`--address`): the refits as Ray tasks, each with the trial's resources (1 CPU here),
+  on a one-node local Ray cluster with room for as many as this machine has cores, started
+  by `ray start` before the rounds (its start not timed) and stopped by PID after them.
+Interleaved, in that order, for ROUNDS rounds. Timed: the whole command, which is what a user
+waits for (the refits, the test and the export), and the refits alone (first start to last
+end, from the times each refit recorded in test_metrics.json).
 
-The goal, set before the first run: on a 2-core machine the tasks take no longer than the
-serial refits (the whole command's medians). The last line is
-`ratio=<tasks median / serial median> goal<=1.0`.
+Two goals. The first, set before the first run, for `tasks` (then also `analysis.retrain`'s
+default on this machine): on a 2-core machine the tasks take no longer than the serial
+refits; measured at d851108, a miss (1.52, bench/README.md), so the default became the serial
+path where there are CPUs alone. The second, set before this version's first run: the default
+takes no longer than the serial path, within this machine's run-to-run spread of a 20-second
+command (5 %). The last two lines are `tasks_ratio=<tasks median / serial median> goal<=1.0`
+and `ratio=<default median / serial median> goal<=1.05`.
 
-    python bench/retrain_parallel.py            # 4 refits of 4 epochs, 3 rounds
-    python bench/retrain_parallel.py --rounds 5
+    python bench/retrain_parallel.py            # 4 refits of 4 epochs, 5 rounds
     python bench/retrain_parallel.py --quick    # 2 refits of a tiny model, 1 round: that it works
 """
 from __future__ import annotations
@@ -54,7 +59,7 @@ space:
 """
 FULL = {"per_class": 300, "width": 32, "size": 32, "epochs": 4}
 QUICK = {"per_class": 30, "width": 8, "size": 16, "epochs": 1}
-ARMS = {"tasks": [], "serial": ["--serial"]}
+RAY = str(Path(sys.executable).parent / "ray")
 
 
 def search(tmp: Path, sizes: dict) -> Path:
@@ -68,10 +73,33 @@ def search(tmp: Path, sizes: dict) -> Path:
     return tmp / "res" / "retrain-bench"
 
 
-def timed_retrain(results: Path, out: Path, refits: int, extra: list[str]) -> tuple[float, float, str]:
+@contextlib.contextmanager
+def local_cluster():
+    """A one-node Ray cluster with this machine's cores (`ray start --head`): its address.
+    Its daemons, in a process group of their own, are killed by its id afterwards."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    proc = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--dashboard-host=127.0.0.1", f"--temp-dir={tmp}", "--disable-usage-stats",
+                             f"--num-cpus={os.cpu_count()}", "--num-gpus=0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        printed, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, printed
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def timed_retrain(results: Path, out: Path, refits: int, extra: list[str]) -> tuple[float, float, str, str]:
     """Run analysis.retrain once in a process group of its own (killed by its id if anything is
-    left); return its wall seconds, its refits' seconds (first start to last end) and the
-    estimate line it printed."""
+    left); return its wall seconds, its refits' seconds (first start to last end), the estimate
+    line it printed and how its refits ran."""
     args = [sys.executable, "-m", "analysis.retrain", str(results), "--refits", str(refits), "--out", str(out), *extra]
     started = time.perf_counter()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -87,7 +115,7 @@ def timed_retrain(results: Path, out: Path, refits: int, extra: list[str]) -> tu
                if m["made_by"] == "refit"]
     refit_seconds = max(m["ended"] for m in members) - min(m["started"] for m in members)
     estimate = next((ln for ln in printed.splitlines() if ln.startswith("refits: ")), "(no estimate printed)")
-    return wall, refit_seconds, estimate
+    return wall, refit_seconds, estimate, "/".join(sorted({m["ran_as"] for m in members}))
 
 
 def spread(values: list[float]) -> str:
@@ -96,7 +124,7 @@ def spread(values: list[float]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--refits", type=int, default=4, help="refits per retrain (analysis.retrain's default: 4)")
     ap.add_argument("--quick", action="store_true", help="a tiny model, 2 refits, 1 round: that it works")
     args = ap.parse_args(argv)
@@ -104,22 +132,25 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.refits = 1, 2
     print(f"{os.cpu_count()} cores; a cnn (width {sizes['width']}) at {sizes['size']} px, {sizes['per_class']} images "
-          f"a class, {sizes['epochs']} epoch(s); {args.refits} refits per retrain; {args.rounds} round(s), tasks then "
-          "serial", flush=True)
-    walls, refit_times = {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
-    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
+          f"a class, {sizes['epochs']} epoch(s); {args.refits} refits per retrain; {args.rounds} round(s), default, "
+          "serial, tasks", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp, local_cluster() as address:
+        arms = {"default": [], "serial": ["--serial"], "tasks": ["--address", address]}
+        walls, refit_times = {arm: [] for arm in arms}, {arm: [] for arm in arms}
         results = search(Path(tmp), sizes)
         for i in range(args.rounds):
-            for arm, extra in ARMS.items():
+            for arm, extra in arms.items():
                 load = os.getloadavg()[0]  # the machine is shared: a busy one slows torch's threads most
-                wall, refits, estimate = timed_retrain(results, Path(tmp) / f"{arm}-{i}", args.refits, extra)
+                wall, refits, estimate, ran = timed_retrain(results, Path(tmp) / f"{arm}-{i}", args.refits, extra)
                 walls[arm].append(wall)
                 refit_times[arm].append(refits)
-                print(f"round {i + 1} {arm:6s}: {wall:.1f}s in all, refits {refits:.1f}s (load {load:.1f} before); "
-                      f"it said: {estimate}", flush=True)
-    for arm in ARMS:
-        print(f"{arm:6s}: whole command {spread(walls[arm])}; refits {spread(refit_times[arm])}")
-    print(f"ratio={statistics.median(walls['tasks']) / statistics.median(walls['serial']):.3f} goal<=1.0")
+                print(f"round {i + 1} {arm:7s}: {wall:.1f}s in all, refits {refits:.1f}s {ran} (load {load:.1f} "
+                      f"before); it said: {estimate}", flush=True)
+    for arm in arms:
+        print(f"{arm:7s}: whole command {spread(walls[arm])}; refits {spread(refit_times[arm])}")
+    serial = statistics.median(walls["serial"])
+    print(f"tasks_ratio={statistics.median(walls['tasks']) / serial:.3f} goal<=1.0")
+    print(f"ratio={statistics.median(walls['default']) / serial:.3f} goal<=1.05")
     return 0
 
 
