@@ -4,14 +4,15 @@ as Ray tasks.
 A refit trains the best trial's configuration on train+val. On a Ray cluster (`--address`, or a
 Ray this process already uses) that holds two or more refits at once, each with the trial's own
 resources (`Resources.per_worker`: its CPUs, and its GPU when it has one), they run as Ray
-tasks, side by side; on this machine alone, only where each needs a GPU and two GPUs' worth are
-here (a multi-GPU machine). Each task returns its model folder's files and its reports, and
-this process writes them into out/refits/K, so a refit trained on another node lands where one
-trained here does. Otherwise, or with `serial`, they run in this process one after another,
-and Ray is not started at all: on CPUs alone a refit here trains with torch on every core, so
-one already fills the machine, and tasks would only split the same cores and add Ray's start
-(bench/retrain_parallel.py measured them 1.5 times slower on 2 cores). Before they start,
-`estimate_line` says how long they should take, from the trial's own measured epochs.
+tasks, side by side; on this machine alone, only where each needs a GPU and two refits' GPU
+shares are here (a multi-GPU machine, or one GPU that `gpus_per_worker: 0.25` shares). Each task
+returns its model folder's files and its reports, and this process writes them into
+out/refits/K, so a refit trained on another node lands where one trained here does. Otherwise,
+or with `serial`, they run in this process one after another, and Ray is not started at all: on
+CPUs alone a refit here trains with torch on every core, so one already fills the machine, and
+tasks would only split the same cores and add Ray's start (bench/retrain_parallel.py measured
+them 1.5 times slower on 2 cores). Before they start, `estimate_line` says how long they should
+take, from the trial's own measured epochs.
 """
 from __future__ import annotations
 
@@ -102,7 +103,6 @@ def local_capacity() -> dict[str, float]:
 
 ONE_FILLS_CPUS = ("on CPUs alone one refit here trains on all of this machine's cores; --address joins a Ray "
                   "cluster that holds several side by side")
-ONE_GPU_HERE = "this machine holds one refit's GPU share at a time"
 
 
 def local_at_once(capacity: dict[str, float], demand: dict[str, float]) -> tuple[int, str]:
@@ -112,7 +112,7 @@ def local_at_once(capacity: dict[str, float], demand: dict[str, float]) -> tuple
     if not demand.get("GPU"):
         return 0, ONE_FILLS_CPUS
     at_once = fitting(capacity, demand)
-    return (at_once, "") if at_once >= 2 else (0, ONE_GPU_HERE)
+    return (at_once, "") if at_once >= 2 else (0, f"this machine holds fewer than two refits of {demand} at once")
 
 
 def _connected() -> bool:
@@ -148,7 +148,7 @@ def plan(context, refits: int, address: str | None = None, serial: bool = False)
     if address:
         raise results_folder.ResultsError(f"--address {address}: the cluster has no room for one refit "
                                           f"({demand} each; it has {capacity})")
-    return Plan(why=f"the Ray in use holds one refit ({demand}) at a time")
+    return Plan(why=f"the Ray in use holds fewer than two refits of {demand} at once")
 
 
 def release(chosen: Plan) -> None:

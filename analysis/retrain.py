@@ -6,7 +6,7 @@ seeds, the trial's LR path replayed up to its best epoch): one refit alone is a 
 small data, and averaging with the checkpoint keeps the final model from being worse than
 what the search already had; four refits, because with two it can still fall below the
 checkpoint (bench/final_model.py; figures in bench/README.md). The refits train side by side as
-Ray tasks on a cluster, or on a machine with a GPU for each of two or more at once; on CPUs
+Ray tasks on a cluster, or on a machine with a GPU share for each of two or more at once; on CPUs
 alone, one after another in this process, where each already trains on every core
 (analysis.refits). `--final checkpoint` or
 `--final refit` picks one of them instead. A search with constraints or with costs among its
@@ -139,9 +139,10 @@ def retrain(results_dir: str | Path, epochs: int | None = None, out: str | Path 
             top: int = 1, policy: str | None = None, refits: int = 4, pick: int | None = None,
             address: str | None = None, serial: bool = False) -> dict:
     """Make the final model of the search in RESULTS_DIR (see the module's docstring), test it once,
-    write OUT/test_metrics.json and return it. The refits run as Ray tasks where two or more fit
-    at once (on the cluster at ADDRESS, or with a GPU each on a local Ray started here and shut
-    down after); otherwise, or with SERIAL, in this process, one after another (analysis.refits)."""
+    write OUT/test_metrics.json and return it. The refits run as Ray tasks on the cluster at ADDRESS,
+    or on a local Ray started here and shut down after where each has a GPU share and two or
+    more fit at once; otherwise, or with SERIAL, in this process, one after another
+    (analysis.refits)."""
     import torch
 
     from trainables.data import dataset
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--address", help="run the refits on this Ray cluster (e.g. auto: the one `ray start` made here) "
                    "side by side (without it: a local Ray only where this machine has a GPU for each of two refits)")
     p.add_argument("--serial", action="store_true", help="train the refits one after another in this process, "
-                   "without Ray (what a machine with CPUs alone, or one GPU, does anyway)")
+                   "without Ray (what a machine with CPUs alone, or room for one refit's GPU share, does anyway)")
     p.add_argument("--again", action="store_true", help="retrain and test again even if a test result exists")
     p.add_argument("--top", type=int, default=1, help="rerun the K best trials with another seed and retrain the "
                    "one best on both runs (default 1: the best trial)")

@@ -8,8 +8,10 @@ results folder, each time in a process of its own and into a fresh folder, three
   Ray, torch on every core (what retrain did before it could run refits as Ray tasks);
 - `tasks` (`--address`): the refits as Ray tasks, each with the trial's resources (1 CPU here),
   on a one-node local Ray cluster with room for as many as this machine has cores, started
-  by `ray start` before the rounds (its start not timed) and stopped by PID after them.
-Interleaved, in that order, for ROUNDS rounds. Timed: the whole command, which is what a user
+  by `ray start` before the command (its start not timed: a cluster is started once for many
+  commands) and stopped, with every process it started, by PID after it.
+Interleaved for ROUNDS rounds, each round starting with the next arm (default, serial, tasks;
+then serial, tasks, default; ...). Timed: the whole command, which is what a user
 waits for (the refits, the test and the export), and the refits alone (first start to last
 end, from the times each refit recorded in test_metrics.json).
 
@@ -73,10 +75,28 @@ def search(tmp: Path, sizes: dict) -> Path:
     return tmp / "res" / "retrain-bench"
 
 
+def kill_cluster(pgid: int) -> None:
+    """SIGKILL the daemons of process group PGID and all their descendants (Ray's workers leave
+    their raylet's group), by PID, and wait until they are gone."""
+    import psutil
+
+    daemons = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid:
+                daemons.append(p)
+    every = {p.pid: p for d in daemons for p in [d, *d.children(recursive=True)]}
+    for p in every.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    gone, alive = psutil.wait_procs(list(every.values()), timeout=30)
+    assert not alive, f"still alive after SIGKILL: {alive}"
+
+
 @contextlib.contextmanager
 def local_cluster():
     """A one-node Ray cluster with this machine's cores (`ray start --head`): its address.
-    Its daemons, in a process group of their own, are killed by its id afterwards."""
+    Its daemons, in a process group of their own, and their workers are killed afterwards."""
     import socket
 
     with socket.socket() as s:
@@ -92,8 +112,7 @@ def local_cluster():
         assert proc.returncode == 0, printed
         yield f"127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_cluster(proc.pid)
 
 
 def timed_retrain(results: Path, out: Path, refits: int, extra: list[str]) -> tuple[float, float, str, str]:
@@ -132,16 +151,19 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.refits = 1, 2
     print(f"{os.cpu_count()} cores; a cnn (width {sizes['width']}) at {sizes['size']} px, {sizes['per_class']} images "
-          f"a class, {sizes['epochs']} epoch(s); {args.refits} refits per retrain; {args.rounds} round(s), default, "
-          "serial, tasks", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp, local_cluster() as address:
-        arms = {"default": [], "serial": ["--serial"], "tasks": ["--address", address]}
-        walls, refit_times = {arm: [] for arm in arms}, {arm: [] for arm in arms}
+          f"a class, {sizes['epochs']} epoch(s); {args.refits} refits per retrain; {args.rounds} round(s) of default, "
+          "serial and tasks, rotated", flush=True)
+    arms = {"default": [], "serial": ["--serial"], "tasks": ["--address"]}  # tasks: + the cluster's address
+    walls, refit_times = {arm: [] for arm in arms}, {arm: [] for arm in arms}
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
         results = search(Path(tmp), sizes)
         for i in range(args.rounds):
-            for arm, extra in arms.items():
-                load = os.getloadavg()[0]  # the machine is shared: a busy one slows torch's threads most
-                wall, refits, estimate, ran = timed_retrain(results, Path(tmp) / f"{arm}-{i}", args.refits, extra)
+            for arm in [*arms][i % 3:] + [*arms][:i % 3]:  # each round starts with the next arm
+                extra = arms[arm]
+                with local_cluster() if arm == "tasks" else contextlib.nullcontext() as address:
+                    load = os.getloadavg()[0]  # the machine is shared: a busy one slows torch's threads most
+                    wall, refits, estimate, ran = timed_retrain(results, Path(tmp) / f"{arm}-{i}", args.refits,
+                                                                extra + ([address] if address else []))
                 walls[arm].append(wall)
                 refit_times[arm].append(refits)
                 print(f"round {i + 1} {arm:7s}: {wall:.1f}s in all, refits {refits:.1f}s {ran} (load {load:.1f} "

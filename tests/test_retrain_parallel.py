@@ -110,10 +110,10 @@ def _ray_start(args: list[str], env: dict, cpus: int = 1) -> int:
                             text=True, start_new_session=True, env=env)
     try:
         out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
+        assert proc.returncode == 0, out
+    except BaseException:
+        kill_group(proc.pid)  # what it started before it failed
         raise
-    assert proc.returncode == 0, out
     return proc.pid
 
 
