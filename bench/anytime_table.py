@@ -1,14 +1,14 @@
 """The recorded table `bench/anytime.py` replays: learning curves of a discretised default space.
 
 Every configuration of `grid()` (the default space, `spaces/finetune.yaml`, its learning rate on
-a grid of three values and its batch sizes 64 and 128) is trained once with the project's own
-`fit`, on the embedded data and the default split, to the space's last epoch, in this
-process's session. Each epoch's row holds the configuration, the epoch, its val_acc and
-val_loss, and the CPU seconds the epoch took in the training process (the first epoch includes
-building the model and measuring its footprint, as a trial's does). CPU seconds, not wall
-seconds: a trial holds one core, trains on one torch thread here, and CPU time on one thread
-grows little when the shared machine is busy, so the table is about the same whatever else ran
-beside the recording.
+a grid of three values and its batch sizes 64 and 128), with the space's constant knobs (its
+`lr_schedule`, its `epochs`), is trained once with the project's own `fit`, on the embedded data
+and the default split, to the space's last epoch, in this process's session. Each epoch's row
+holds the configuration, the epoch, its val_acc and val_loss, and the CPU seconds the epoch took
+in the training process (the first epoch includes building the model and measuring its
+footprint, as a trial's does). CPU seconds, not wall seconds: a trial holds one core, trains on
+one torch thread here, and CPU time on one thread grows little when the shared machine is busy,
+so the table is about the same whatever else ran beside the recording.
 
     python bench/anytime_table.py              # records bench/anytime_table.csv (about an hour, 2 cores)
     python bench/anytime_table.py --jobs 1     # one configuration at a time
@@ -109,6 +109,11 @@ def record_one(config: dict, context, epochs: int) -> list[dict]:
     return rows
 
 
+def constants(spec) -> dict:
+    """The space's constant knobs (`knob: value`), which every trial of the search gets."""
+    return {name: knob.value for name, knob in spec.knobs.items() if knob.kind == "const"}
+
+
 def _worker(job):
     config, context, epochs = job
     return record_one(config, context, epochs)
@@ -129,14 +134,14 @@ def main(argv=None) -> int:
     random.Random(0).shuffle(todo)  # a partial table is a fair sample of the grid
     todo = todo[:args.limit] if args.limit else todo
     print(f"{len(grid())} configurations, {len(done)} recorded, {len(todo)} to record, "
-          f"{spec.max_epochs()} epochs each", flush=True)
+          f"{spec.max_epochs()} epochs each, with the space's constants {constants(spec)}", flush=True)
     new = not args.out.is_file()
     started = time.time()
     with open(args.out, "a", newline="") as f, mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=4) as pool:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             w.writeheader()
-        jobs = [(c, context, spec.max_epochs()) for c in todo]
+        jobs = [({**constants(spec), **c}, context, spec.max_epochs()) for c in todo]
         for i, rows in enumerate(pool.imap_unordered(_worker, jobs), 1):
             w.writerows(rows)
             f.flush()
