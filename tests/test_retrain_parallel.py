@@ -137,21 +137,29 @@ def ray_cluster(cpus_per_node: list[int]):
         assert not any(group_pids(g) for g in groups)
 
 
+def retrain_on_cluster(results: Path, out: Path, cluster: tuple) -> list[dict]:
+    """Two refits on CLUSTER (`ray_cluster`'s address, groups, env) with `--address`, into OUT;
+    checked: it said so, both trained at once, their models came back, the cluster still runs.
+    The refits as test_metrics.json records them."""
+    address, groups, env = cluster
+    run, _ = retrain_cli([str(results), "--refits", "2", "--epochs", REFIT_EPOCHS, "--out", str(out),
+                          "--address", address], 300, env)
+    assert run.returncode == 0, run.stdout
+    assert ESTIMATE.search(run.stdout), run.stdout
+    members = refit_members(out)
+    assert [m["ran_as"] for m in members] == ["ray task"] * 2
+    assert_overlap(members)
+    assert_model_folders(out)
+    assert all(group_pids(g) for g in groups), "retrain stopped a cluster it only joined"
+    return members
+
+
 @needs_two_cores
 @pytest.mark.timeout(500)
 def test_refits_train_side_by_side_as_ray_tasks_on_a_local_cluster_with_room_for_two(results, tmp_path):
-    with ray_cluster([2]) as (address, groups, env):
-        out = tmp_path / "final"
-        run, _ = retrain_cli([str(results), "--refits", "2", "--epochs", REFIT_EPOCHS, "--out", str(out),
-                              "--address", address], 300, env)
-        assert run.returncode == 0, run.stdout
-        assert ESTIMATE.search(run.stdout), run.stdout
-        members = refit_members(out)
-        assert [m["ran_as"] for m in members] == ["ray task"] * 2
-        assert_overlap(members)
-        assert_model_folders(out)
-        assert json.loads((out / "model" / "meta.json").read_text())["ensemble"] == 3
-        assert all(group_pids(g) for g in groups), "retrain stopped a cluster it only joined"
+    with ray_cluster([2]) as cluster:
+        retrain_on_cluster(results, tmp_path / "final", cluster)
+        assert json.loads((tmp_path / "final" / "model" / "meta.json").read_text())["ensemble"] == 3
 
 
 @pytest.fixture
@@ -164,18 +172,9 @@ def two_nodes():
 @needs_two_cores
 @pytest.mark.timeout(500)
 def test_refits_join_a_cluster_one_per_node_and_come_back(results, tmp_path, two_nodes):
-    address, groups, env = two_nodes
-    out = tmp_path / "final"
-    run, _ = retrain_cli([str(results), "--refits", "2", "--epochs", REFIT_EPOCHS, "--out", str(out),
-                          "--address", address], 300, env)
-    assert run.returncode == 0, run.stdout
-    assert ESTIMATE.search(run.stdout), run.stdout
-    members = refit_members(out)
+    members = retrain_on_cluster(results, tmp_path / "final", two_nodes)
     # each node holds one refit: they trained on both, at once, and their models came back here
     assert len({m["ray_node_id"] for m in members}) == 2
-    assert_overlap(members)
-    assert_model_folders(out)
-    assert all(group_pids(g) for g in groups), "retrain stopped a cluster it only joined"
 
 
 @pytest.mark.parametrize("serial, why", [(True, ""), (False, f" ({refits.ONE_FILLS_CPUS})")])
