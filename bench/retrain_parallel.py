@@ -10,8 +10,11 @@ results folder, each time in a process of its own and into a fresh folder, three
   on a one-node local Ray cluster with room for as many as this machine has cores, started
   by `ray start` before the command (its start not timed: a cluster is started once for many
   commands) and stopped, with every process it started, by PID after it.
-Interleaved for ROUNDS rounds, each round starting with the next arm (default, serial, tasks;
-then serial, tasks, default; ...). Timed: the whole command, which is what a user
+Interleaved for ROUNDS rounds, each round one of the six orders of the three arms in turn, so
+that each arm follows each other arm equally often over six rounds. (A fixed cycle, rotated,
+ran `default` right after `tasks` in every round: at 3044c77 that arm came out 1.6 s slower
+than `serial`, while the same two commands alternated without `tasks` between them were level:
+bench/README.md.) Timed: the whole command, which is what a user
 waits for (the refits, the test and the export), and the refits alone (first start to last
 end, from the times each refit recorded in test_metrics.json).
 
@@ -23,7 +26,7 @@ takes no longer than the serial path, within this machine's run-to-run spread of
 command (5 %). The last two lines are `tasks_ratio=<tasks median / serial median> goal<=1.0`
 and `ratio=<default median / serial median> goal<=1.05`.
 
-    python bench/retrain_parallel.py            # 4 refits of 4 epochs, 5 rounds
+    python bench/retrain_parallel.py            # 4 refits of 4 epochs, 6 rounds
     python bench/retrain_parallel.py --quick    # 2 refits of a tiny model, 1 round: that it works
 """
 from __future__ import annotations
@@ -31,8 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -96,7 +101,8 @@ def kill_cluster(pgid: int) -> None:
 @contextlib.contextmanager
 def local_cluster():
     """A one-node Ray cluster with this machine's cores (`ray start --head`): its address.
-    Its daemons, in a process group of their own, and their workers are killed afterwards."""
+    Its daemons, in a process group of their own, and their workers are killed afterwards, and
+    its temporary folder removed."""
     import socket
 
     with socket.socket() as s:
@@ -113,6 +119,7 @@ def local_cluster():
         yield f"127.0.0.1:{port}"
     finally:
         kill_cluster(proc.pid)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def timed_retrain(results: Path, out: Path, refits: int, extra: list[str]) -> tuple[float, float, str, str]:
@@ -143,7 +150,7 @@ def spread(values: list[float]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6, help="rounds; each runs the arms in the next of their six orders")
     ap.add_argument("--refits", type=int, default=4, help="refits per retrain (analysis.retrain's default: 4)")
     ap.add_argument("--quick", action="store_true", help="a tiny model, 2 refits, 1 round: that it works")
     args = ap.parse_args(argv)
@@ -152,13 +159,14 @@ def main(argv=None) -> int:
         args.rounds, args.refits = 1, 2
     print(f"{os.cpu_count()} cores; a cnn (width {sizes['width']}) at {sizes['size']} px, {sizes['per_class']} images "
           f"a class, {sizes['epochs']} epoch(s); {args.refits} refits per retrain; {args.rounds} round(s) of default, "
-          "serial and tasks, rotated", flush=True)
+          "serial and tasks, each round in the next of their six orders", flush=True)
     arms = {"default": [], "serial": ["--serial"], "tasks": ["--address"]}  # tasks: + the cluster's address
+    orders = list(itertools.permutations(arms))  # each ordered pair of arms side by side in two of the six
     walls, refit_times = {arm: [] for arm in arms}, {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
         results = search(Path(tmp), sizes)
         for i in range(args.rounds):
-            for arm in [*arms][i % 3:] + [*arms][:i % 3]:  # each round starts with the next arm
+            for arm in orders[i % len(orders)]:
                 extra = arms[arm]
                 with local_cluster() if arm == "tasks" else contextlib.nullcontext() as address:
                     load = os.getloadavg()[0]  # the machine is shared: a busy one slows torch's threads most
