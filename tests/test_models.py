@@ -29,9 +29,11 @@ def test_unknown_name_lists_close_matches():
         registry.build({"model": "resnet19"}, 3)
 
 
-def test_embedded_lite0_weights_see_the_cat():
-    m = registry.build({"model": "efficientnet_lite0", "pretrained": True}, 1000).eval()
-    norm = preprocess.resolve({"model": "efficientnet_lite0", "pretrained": True})
+@pytest.mark.parametrize("name", sorted(registry.EMBEDDED_WEIGHTS))
+def test_embedded_weights_see_the_cat(name):
+    """Each embedded Lite's ImageNet weights, copied by position onto timm's model, name the cat."""
+    m = registry.build({"model": name, "pretrained": True}, 1000).eval()
+    norm = preprocess.resolve({"model": name, "pretrained": True})
     assert norm["mean"] == pytest.approx((0.485, 0.456, 0.406))  # timm's own data config, not a constant here
     img = Image.open(ROOT / "tests" / "data" / "chelsea.jpg").convert("RGB").resize((224, 224))
     x = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)[None].float() / 255

@@ -39,7 +39,7 @@ class TrialParams(BaseModel):
     # --- architecture -------------------------------------------------------------------
     model: str = Field("cnn", description="'cnn' or any timm model name")
     pretrained: Union[bool, str] = Field(
-        False, description="true (hub, or the embedded weights for efficientnet_lite0), false, or a weights file"
+        False, description="true (hub, or the embedded weights for efficientnet_lite0/1/2), false, or a weights file"
     )
     cnn_blocks: int = Field(3, ge=1, le=8, description="conv blocks of the 'cnn' model, each ending in a pooling",
                             json_schema_extra=CNN_ONLY)

