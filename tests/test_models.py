@@ -42,6 +42,14 @@ def test_embedded_weights_see_the_cat(name):
         assert int(m(x).argmax()) in IMAGENET_CATS
 
 
+def test_embedded_weights_are_there_or_say_which_package_is_missing(monkeypatch):
+    """Before a search starts: each installed Lite's weights pass; a package not installed (an
+    old install after a pull) is named, instead of every trial failing inside Ray."""
+    assert all(registry.missing_pretrained_weights(name) is None for name in registry.EMBEDDED_WEIGHTS)
+    monkeypatch.setitem(registry.EMBEDDED_WEIGHTS, "efficientnet_lite2", ("no_such_weights_package", "Holder"))
+    assert "no_such_weights_package is not installed" in registry.missing_pretrained_weights("efficientnet_lite2")
+
+
 def test_local_weights_file_loads_backbone_and_replaces_head(tmp_path):
     src = registry.build({"model": "resnet18"}, 1000)
     torch.save(src.state_dict(), tmp_path / "w.pth")

