@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from ray import tune  # noqa: E402
 
-from bench.anytime_table import LRS, key, read_table  # noqa: E402
+from bench.anytime_table import LRS, constants, key, read_table  # noqa: E402
 
 GOAL = 0.5
 CONCURRENT = 2
@@ -227,8 +227,8 @@ def run_optuna_sha(spec, table, compression, seed, budget_s) -> list:
     arrivals = Arrivals(compression, budget_s)
 
     def objective(trial):
-        constants = space(trial)  # the define-by-run space returns its constants; the sampled values are params
-        rows = table[key({**constants, **trial.params})]
+        fixed = space(trial)  # the define-by-run space returns its constants; the sampled values are params
+        rows = table[key({**fixed, **trial.params})]
         for row in rows:
             time.sleep(row["epoch_cpu_s"] / compression)
             arrivals.add(row["val_acc"])
@@ -260,8 +260,7 @@ def run_top_k(spec, table, compression, seed, budget_s, storage) -> list:
                       stop_epoch=1)
     trials = [t for t in searcher._ot_study.trials if 1 in t.intermediate_values]
     best = sorted(trials, key=lambda t: -t.intermediate_values[1])[:TOP_K]
-    constants = {n: k.value for n, k in spec.knobs.items() if k.kind == "const"}
-    configs = [{**constants, **t.params} for t in best]
+    configs = [{**constants(spec), **t.params} for t in best]
     if not configs:  # not one epoch in half the budget
         return first.points
     second = _tune_run(table, compression, seed, "top-k-2", budget_s / 2, storage, None, FIFOScheduler(),

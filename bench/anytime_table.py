@@ -133,15 +133,16 @@ def main(argv=None) -> int:
     todo = [c for c in grid() if key(c) not in done]
     random.Random(0).shuffle(todo)  # a partial table is a fair sample of the grid
     todo = todo[:args.limit] if args.limit else todo
+    fixed = constants(spec)
     print(f"{len(grid())} configurations, {len(done)} recorded, {len(todo)} to record, "
-          f"{spec.max_epochs()} epochs each, with the space's constants {constants(spec)}", flush=True)
+          f"{spec.max_epochs()} epochs each, with the space's constants {fixed}", flush=True)
     new = not args.out.is_file()
     started = time.time()
     with open(args.out, "a", newline="") as f, mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=4) as pool:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             w.writeheader()
-        jobs = [({**constants(spec), **c}, context, spec.max_epochs()) for c in todo]
+        jobs = [({**fixed, **c}, context, spec.max_epochs()) for c in todo]
         for i, rows in enumerate(pool.imap_unordered(_worker, jobs), 1):
             w.writerows(rows)
             f.flush()
